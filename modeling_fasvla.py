@@ -1,0 +1,590 @@
+"""FAS-VLA: a Feedback-Aware Streaming VLA on the SmolVLA architecture.
+
+What differs from SmolVLA (LeRobot v0.3.2): the architecture and parameter names are SmolVLA's, so its checkpoints
+convert, but the action head is trained as a *stream*. Instead of denoising a chunk of H actions at once, the expert
+reads one point `x = [A ; S]` of the joint trajectory of accumulated action A and robot state S at execution time
+`tau` and returns its velocity; one Euler step of size 1 / H yields the next action and the predicted next state.
+The robot's measured state is fed back into S while the chunk executes (see `streaming_fasvla.py`). The SmolVLA
+chunk objective is kept as `objective="chunk"`.
+
+                      prefix (once per chunk, cached)                 suffix (every streamed action)
+    images ─ SigLIP ─ connector ─┐
+    task ─ token embeddings ─────┼─ VLM layers 0..L-1 ─ K/V ─────►  expert layers 0..L-1 ─ action_out_proj ─ v
+    state ─ state_proj · tanh(g) ┘     (layer by layer)             ▲
+                                               x = [A ; S], tau ─ action_in_proj ⊕ sincos(tau) ─ MLP
+
+Layer i of the expert attends to layer i of the VLM: jointly over prefix and suffix when
+`i % self_attn_every_n_layers == 0`, by cross attention to the (re-projected) prefix keys/values otherwise.
+
+Shape letters: B batch, N cameras, P prefix tokens, S suffix tokens (H chunk actions or Q flow-time queries),
+D trajectory width (`max_action_dim`), E expert hidden size, heads x head_dim the attention width.
+Time: chunk flow time t = 1 is noise and t = 0 is data; streaming time tau in [0, 1) is execution time
+(`flow_fasvla.py` states both).
+"""
+
+import copy
+import math
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel, SmolVLMModel
+from transformers import initialization as init
+from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRMSNorm
+from transformers.utils import ModelOutput
+
+try:
+    from .configuration_fasvla import FasVLAConfig
+    from .flow_fasvla import (
+        chunk_flow_path,
+        euler_denoise,
+        masked_mean,
+        masked_query_mean,
+        sample_chunk_time,
+        sample_stream_time,
+        sinusoidal_time_embedding,
+        stabilize,
+        stream_reference,
+        trajectory_knots,
+        transition_mask,
+    )
+    from .normalization_fasvla import Normalizer
+    from .streaming_fasvla import ActionStream, EpisodeStreamer
+except ImportError:
+    from configuration_fasvla import FasVLAConfig
+    from flow_fasvla import (
+        chunk_flow_path,
+        euler_denoise,
+        masked_mean,
+        masked_query_mean,
+        sample_chunk_time,
+        sample_stream_time,
+        sinusoidal_time_embedding,
+        stabilize,
+        stream_reference,
+        trajectory_knots,
+        transition_mask,
+    )
+    from normalization_fasvla import Normalizer
+    from streaming_fasvla import ActionStream, EpisodeStreamer
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# masks, positions and attention (pure functions)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def prefix_attention_mask(pad_mask: torch.Tensor, block_start: torch.Tensor) -> torch.Tensor:
+    """2-D attention mask of the prefix from its pad mask and block starts (the `make_attn_mask` rule of pi0).
+
+    Token i sees token j iff both are real and `block[j] <= block[i]`, with `block = cumsum(block_start)`. Padded
+    tokens see only themselves, so no attention row is empty (no NaN from a softmax over nothing, in any dtype).
+    Example, image and language tokens then the state token, `block_start = [0, 0, 0, 1]`:
+
+        [[1, 1, 1, 0],      images and language attend bidirectionally among themselves,
+         [1, 1, 1, 0],
+         [1, 1, 1, 0],
+         [1, 1, 1, 1]]      the state token sees everything before it and itself.
+
+    pad_mask, block_start: (B, P) bool. Returns (B, P, P) bool.
+    """
+    block = block_start.long().cumsum(dim=1)
+    visible = block[:, None, :] <= block[:, :, None]
+    visible = visible & pad_mask[:, None, :] & pad_mask[:, :, None]
+    return visible | torch.eye(pad_mask.shape[1], dtype=torch.bool, device=pad_mask.device)
+
+
+class SuffixLayout(NamedTuple):
+    """How suffix tokens see each other (S, S) bool and their position offsets after the prefix (S,) long."""
+
+    visibility: torch.Tensor
+    position_offsets: torch.Tensor
+
+
+def chunk_suffix_layout(length: int, device=None) -> SuffixLayout:
+    """SmolVLA's action chunk: causal among the H action tokens, consecutive positions."""
+    causal = torch.ones(length, length, dtype=torch.bool, device=device).tril()
+    return SuffixLayout(causal, torch.arange(length, device=device))
+
+
+def query_suffix_layout(length: int, device=None) -> SuffixLayout:
+    """Independent flow-time queries: each sees the prefix and itself only, all at the same position, so Q queries
+    in one pass compute exactly what Q single-query passes would."""
+    return SuffixLayout(torch.eye(length, dtype=torch.bool, device=device), torch.zeros(length, dtype=torch.long,
+                                                                                       device=device))
+
+
+def suffix_attention_mask(prefix_pad_mask: torch.Tensor, visibility: torch.Tensor) -> torch.Tensor:
+    """Rows of the joint mask for the suffix: every real prefix token, then the suffix by `visibility`.
+
+    prefix_pad_mask: (B, P); visibility: (S, S). Returns (B, S, P + S). Prefix rows never see the suffix, which is
+    why the prefix can be computed once and cached.
+    """
+    batch, prefix_len = prefix_pad_mask.shape
+    length = visibility.shape[0]
+    return torch.cat(
+        [prefix_pad_mask[:, None, :].expand(batch, length, prefix_len), visibility[None].expand(batch, -1, -1)], dim=-1
+    )
+
+
+def rope_angles(positions: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of the rotary angles `position / theta^(2i / head_dim)`, float32, (B, L, 1, head_dim / 2).
+
+    Written as SmolVLA writes it (a division by the timescale, in float32) so that angles match it bit for bit.
+    """
+    exponents = (2.0 / head_dim) * torch.arange(head_dim // 2, dtype=torch.float32, device=positions.device)
+    timescale = theta**exponents
+    radians = positions[..., None].to(torch.float32) / timescale  # (B, L, head_dim / 2)
+    radians = radians[:, :, None, :]
+    return torch.cos(radians), torch.sin(radians)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate the two halves of the last dim of x (B, L, heads, head_dim) by the angles; computed in float32."""
+    x1, x2 = x.float().chunk(2, dim=-1)
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).to(x.dtype)
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Masked multi-head attention with grouped key/value heads, scale head_dim^-0.5.
+
+    q: (B, L, heads, head_dim); k, v: (B, M, kv_heads, head_dim); mask: (B, L, M) bool. Returns (B, L, heads *
+    head_dim). Query head h uses key/value head h // (heads / kv_heads), as in SmolVLA.
+    """
+    out = F.scaled_dot_product_attention(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask[:, None],
+        enable_gqa=q.shape[2] != k.shape[2],
+    )
+    return out.transpose(1, 2).flatten(2)
+
+
+def _heads(projection: nn.Linear, x: torch.Tensor, head_dim: int) -> torch.Tensor:
+    return projection(x).unflatten(-1, (-1, head_dim))  # (B, L, heads, head_dim)
+
+
+def _feed_forward(layer: nn.Module, h: torch.Tensor, attention_out: torch.Tensor) -> torch.Tensor:
+    """Output projection, residual, post-attention norm, MLP and residual of a Llama layer."""
+    h = h + layer.self_attn.o_proj(attention_out)
+    return h + layer.mlp(layer.post_attention_layernorm(h))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# modules
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PrefixCache:
+    """Keys/values of the prefix for every expert layer, computed once per observation and never grown.
+
+    For cross-attention layers the keys/values are already projected by the expert's own k/v projections, so the
+    per-action expert step does no work on the prefix at all.
+    keys, values: one (B, P, kv_heads, head_dim) per expert layer; pad_mask: (B, P); num_valid: (B,) real prefix
+    tokens, the position of the first suffix token.
+    """
+
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    pad_mask: torch.Tensor
+    num_valid: torch.Tensor
+
+
+class ActionExpert(nn.Module):
+    """A Llama-style decoder without token embedding: SmolVLA's action expert.
+
+    Cross-attention layers read the VLM's keys/values through their own `k_proj`/`v_proj`, whose input width is the
+    VLM's key/value width rather than the expert's hidden size.
+    """
+
+    def __init__(self, config: FasVLAConfig, cross_attention_layers: list[bool]):
+        super().__init__()
+        expert_config = copy.deepcopy(config.text_config)
+        expert_config.hidden_size = config.expert_hidden_size
+        expert_config.intermediate_size = config.expert_intermediate_size
+        expert_config.num_hidden_layers = len(cross_attention_layers)
+        self.layers = nn.ModuleList(LlamaDecoderLayer(expert_config, i) for i in range(len(cross_attention_layers)))
+        self.norm = LlamaRMSNorm(expert_config.hidden_size, eps=expert_config.rms_norm_eps)
+        self.cross_attention = list(cross_attention_layers)
+
+        text = config.text_config
+        kv_width = text.num_key_value_heads * text.head_dim
+        for layer, is_cross in zip(self.layers, self.cross_attention):
+            if is_cross:
+                layer.self_attn.k_proj = nn.Linear(kv_width, kv_width, bias=text.attention_bias)
+                layer.self_attn.v_proj = nn.Linear(kv_width, kv_width, bias=text.attention_bias)
+
+    def project_prefix(self, index: int, keys: torch.Tensor, values: torch.Tensor):
+        """What expert layer `index` attends to in the prefix: the VLM keys (after RoPE) and values themselves for a
+        joint layer, their re-projection for a cross-attention layer. (B, P, kv_heads, head_dim) each."""
+        if not self.cross_attention[index]:
+            return keys, values
+        attn = self.layers[index].self_attn
+        return _heads(attn.k_proj, keys.flatten(2), attn.head_dim), _heads(attn.v_proj, values.flatten(2), attn.head_dim)
+
+    def layer_forward(self, index: int, h: torch.Tensor, prefix_k, prefix_v, masks, rope) -> torch.Tensor:
+        """One expert layer on suffix tokens h (B, S, E) against the cached prefix of that layer.
+
+        masks / rope: (self, cross) pairs of the suffix mask and of the (cos, sin) of the suffix positions. In cross
+        layers the suffix positions are re-based to start at 0 and the projected prefix keys carry no new rotation.
+        """
+        layer = self.layers[index]
+        attn = layer.self_attn
+        x = layer.input_layernorm(h)
+        is_cross = self.cross_attention[index]
+        cos, sin = rope[is_cross]
+        q = apply_rope(_heads(attn.q_proj, x, attn.head_dim), cos, sin)
+        if is_cross:
+            k, v = prefix_k, prefix_v
+        else:
+            k = torch.cat([prefix_k, apply_rope(_heads(attn.k_proj, x, attn.head_dim), cos, sin)], dim=1)
+            v = torch.cat([prefix_v, _heads(attn.v_proj, x, attn.head_dim)], dim=1)
+        return _feed_forward(layer, h, attend(q, k, v, masks[is_cross]))
+
+
+@dataclass
+class FasVLAOutput(ModelOutput):
+    """Training output. `losses` are the unreduced squared errors `(u_t - v_t)^2` over the padded trajectory width:
+    (B, H, D) for the chunk objective, (B, Q, D) for the streaming ones."""
+
+    loss: torch.Tensor | None = None
+    action_loss: torch.Tensor | None = None
+    state_loss: torch.Tensor | None = None
+    losses: torch.Tensor | None = None
+    v_t: torch.Tensor | None = None
+    u_t: torch.Tensor | None = None
+
+
+class FasVLAPreTrainedModel(PreTrainedModel):
+    config: FasVLAConfig
+    config_class = FasVLAConfig
+    base_model_prefix = "fasvla"
+    main_input_name = "pixel_values"
+    input_modalities = ("image", "text")
+    _no_split_modules = ["LlamaDecoderLayer", "SmolVLMEncoderLayer"]
+    _supports_sdpa = True
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, FasVLAForActionPrediction) and module.state_gate is not None:
+            init.zeros_(module.state_gate)
+
+
+class FasVLAForActionPrediction(FasVLAPreTrainedModel):
+    """SmolVLM2 backbone + action expert + flow-matching head, trained with the objective of `config.objective`.
+
+    Public API (all inputs in robot units, as returned by `FasVLAProcessor`):
+    - `forward(...)`: training loss of the configured objective;
+    - `predict_action_chunk(...)`: (B, H, d_a) actions of the chunk objective;
+    - `stream_actions(...)`: a generator of actions for one chunk with state feedback (streaming objectives);
+    - `episode_streamer(...)`: chunk after chunk over an episode, carrying the cumulative action.
+    """
+
+    def __init__(self, config: FasVLAConfig):
+        super().__init__(config)
+        vlm_config = copy.deepcopy(config.vlm_config)
+        vlm_config.text_config.num_hidden_layers = config.num_vlm_layers  # only the first layers are kept
+        self.vlm = SmolVLMModel._from_config(vlm_config)
+
+        stride = config.expert_layer_stride
+        self.expert_of_vlm_layer = [i // stride if i % stride == 0 else None for i in range(config.num_vlm_layers)]
+        cross = [config.attention_mode == "cross_attn" and (i * stride) % config.self_attn_every_n_layers != 0
+                 for i in range(config.num_vlm_layers // stride)]
+        self.expert = ActionExpert(config, cross)
+
+        text_hidden, expert_hidden = config.text_config.hidden_size, config.expert_hidden_size
+        self.state_proj = nn.Linear(config.max_state_dim, text_hidden)
+        self.action_in_proj = nn.Linear(config.max_action_dim, expert_hidden)
+        self.action_out_proj = nn.Linear(expert_hidden, config.max_action_dim)
+        self.action_time_mlp_in = nn.Linear(2 * expert_hidden, expert_hidden)
+        self.action_time_mlp_out = nn.Linear(expert_hidden, expert_hidden)
+        # tanh(g) gates the prefix state token of the streaming objectives; g = 0 at the start, so the state first
+        # enters through the suffix trajectory (as in the reference release). SmolVLA has no gate.
+        self.state_gate = nn.Parameter(torch.zeros(1)) if config.objective != "chunk" else None
+
+        self.normalizer = Normalizer(config)
+        is_chunk = config.objective == "chunk"
+        self._suffix_layout = chunk_suffix_layout if is_chunk else query_suffix_layout
+        self._objective_loss = self._chunk_loss if is_chunk else self._stream_loss
+        self.post_init()
+
+    # -- prefix ---------------------------------------------------------------------------------------------------
+
+    def embed_prefix(self, pixel_values, input_ids, attention_mask, state, image_masks=None):
+        """Prefix embeddings `[image tokens per camera] + [task tokens] + [state token]`.
+
+        pixel_values: (B, N, 3, S, S) in [-1, 1]; input_ids, attention_mask: (B, L); state: (B, max_state_dim)
+        normalised and padded; image_masks: (B, N) bool or None. Returns embeddings (B, P, hidden), pad mask and
+        block starts (B, P).
+        """
+        batch, cameras = pixel_values.shape[:2]
+        dtype = self.state_proj.weight.dtype
+        text_hidden = self.config.text_config.hidden_size
+        vision = self.vlm.vision_model(pixel_values=pixel_values.flatten(0, 1).to(dtype)).last_hidden_state
+        image_tokens = self.vlm.connector(vision)  # (B * N, T, hidden)
+        image_tokens = image_tokens * torch.tensor(text_hidden**0.5, dtype=image_tokens.dtype)
+        image_tokens = image_tokens.unflatten(0, (batch, cameras)).flatten(1, 2)  # (B, N * T, hidden)
+        language = self.vlm.text_model.embed_tokens(input_ids) * math.sqrt(text_hidden)
+        state_token = self.state_proj(state.to(dtype))[:, None]
+        if self.state_gate is not None:
+            state_token = state_token * torch.tanh(self.state_gate).to(dtype)
+
+        if image_masks is None:
+            image_masks = torch.ones(batch, cameras, dtype=torch.bool, device=pixel_values.device)
+        tokens_per_camera = image_tokens.shape[1] // cameras
+        pad_mask = torch.cat([
+            image_masks.repeat_interleave(tokens_per_camera, dim=1),
+            attention_mask.bool(),
+            torch.ones(batch, 1, dtype=torch.bool, device=input_ids.device),
+        ], dim=1)
+        block_start = torch.zeros_like(pad_mask)
+        block_start[:, -1] = True  # the state token opens its own block
+        return torch.cat([image_tokens, language, state_token], dim=1), pad_mask, block_start
+
+    def encode_prefix(self, pixel_values, input_ids, attention_mask, state, image_masks=None) -> PrefixCache:
+        """Run the prefix through the kept VLM layers and cache what each expert layer will attend to.
+
+        `state` is in robot units, (B, state_dim).
+        """
+        state = F.pad(self.normalizer.normalize_state(state), (0, self.config.max_state_dim - self.config.state_dim))
+        h, pad_mask, block_start = self.embed_prefix(pixel_values, input_ids, attention_mask, state, image_masks)
+        mask = prefix_attention_mask(pad_mask, block_start)
+        positions = pad_mask.long().cumsum(dim=1) - 1  # padding repeats the previous position
+        cos, sin = rope_angles(positions, self.config.text_config.head_dim, self.config.rope_theta)
+        keys, values = [], []
+        for layer, expert_index in zip(self.vlm.text_model.layers, self.expert_of_vlm_layer):
+            attn = layer.self_attn
+            x = layer.input_layernorm(h)
+            q = apply_rope(_heads(attn.q_proj, x, attn.head_dim), cos, sin)
+            k = apply_rope(_heads(attn.k_proj, x, attn.head_dim), cos, sin)
+            v = _heads(attn.v_proj, x, attn.head_dim)
+            h = _feed_forward(layer, h, attend(q, k, v, mask))
+            if expert_index is not None:
+                k, v = self.expert.project_prefix(expert_index, k, v)
+                keys.append(k)
+                values.append(v)
+        return PrefixCache(keys, values, pad_mask, pad_mask.sum(dim=1))
+
+    # -- suffix ---------------------------------------------------------------------------------------------------
+
+    def embed_suffix(self, x_t: torch.Tensor, time: torch.Tensor) -> torch.Tensor:
+        """`mlp([action_in_proj(x_t) ; sincos(time)])`: x_t (B, S, D), time (B, S) -> (B, S, E)."""
+        dtype = self.action_in_proj.weight.dtype
+        action_emb = self.action_in_proj(x_t.to(dtype))
+        time_emb = sinusoidal_time_embedding(
+            time, action_emb.shape[-1], self.config.min_period, self.config.max_period
+        ).to(dtype)
+        return self.action_time_mlp_out(F.silu(self.action_time_mlp_in(torch.cat([action_emb, time_emb], dim=-1))))
+
+    def velocity(self, cache: PrefixCache, x_t: torch.Tensor, time: torch.Tensor) -> torch.Tensor:
+        """The expert's velocity `v(x_t, time)` given the cached prefix: x_t (B, S, D), time (B, S) -> (B, S, D).
+
+        S tokens follow the objective's suffix layout (a causal chunk, or independent queries). Returned in float32
+        (float64 for a float64 model): the one place where the flow state leaves the model dtype.
+        """
+        batch, length = x_t.shape[:2]
+        layout = self._suffix_layout(length, x_t.device)
+        self_mask = suffix_attention_mask(cache.pad_mask, layout.visibility)
+        cross_mask = cache.pad_mask[:, None, :].expand(batch, length, -1)
+        head_dim, theta = self.config.text_config.head_dim, self.config.rope_theta
+        self_positions = cache.num_valid[:, None] + layout.position_offsets
+        cross_positions = layout.position_offsets.expand(batch, -1)  # re-based to start at 0
+        rope = (rope_angles(self_positions, head_dim, theta), rope_angles(cross_positions, head_dim, theta))
+
+        h = self.embed_suffix(x_t, time)
+        for index, (k, v) in enumerate(zip(cache.keys, cache.values)):
+            h = self.expert.layer_forward(index, h, k, v, (self_mask, cross_mask), rope)
+        v_t = self.action_out_proj(self.expert.norm(h))
+        return v_t.to(torch.promote_types(v_t.dtype, torch.float32))
+
+    # -- training -------------------------------------------------------------------------------------------------
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        state: torch.Tensor,
+        actions: torch.Tensor,
+        action_is_pad: torch.Tensor | None = None,
+        future_states: torch.Tensor | None = None,
+        future_state_is_pad: torch.Tensor | None = None,
+        cumulative_action: torch.Tensor | None = None,
+        image_masks: torch.Tensor | None = None,
+        noise: torch.Tensor | None = None,
+        time: torch.Tensor | None = None,
+        **kwargs,
+    ) -> FasVLAOutput:
+        """Training loss of the configured objective, all inputs in robot units.
+
+        Args:
+            pixel_values: (B, N, 3, S, S) in [-1, 1]; input_ids, attention_mask: (B, L); state: (B, d_s), s_t.
+            actions: (B, H, d_a), a_t..a_{t+H-1}; action_is_pad: (B, H) True past the episode end.
+            future_states: (B, H, d_s), s_{t+1}..s_{t+H} (`stream_joint` only); future_state_is_pad: (B, H).
+            cumulative_action: (B, d_a), C_t = the sum of the episode's actions before t (streaming; default 0).
+            noise, time: fixed draws instead of random ones. Chunk: noise (B, H, D), time (B,). Streaming: noise
+                (B, Q, D) = eps, time (B, Q) = tau.
+        """
+        self._check_observation(pixel_values, input_ids, attention_mask, state, image_masks)
+        self._check_training_targets(state, actions, action_is_pad, future_states, future_state_is_pad,
+                                     cumulative_action)
+        cache = self.encode_prefix(pixel_values, input_ids, attention_mask, state, image_masks)
+        return self._objective_loss(
+            cache, state=state, actions=actions, action_is_pad=action_is_pad, future_states=future_states,
+            future_state_is_pad=future_state_is_pad, cumulative_action=cumulative_action, noise=noise, time=time,
+        )
+
+    def _chunk_loss(self, cache, *, actions, action_is_pad, noise, time, **unused) -> FasVLAOutput:
+        """SmolVLA: `x_t = t * noise + (1 - t) * actions`, target `u_t = noise - actions`, over the whole chunk."""
+        batch, chunk = actions.shape[:2]
+        actions = self._pad_trajectory(self.normalizer.normalize_action(actions))  # (B, H, D)
+        noise = torch.randn_like(actions) if noise is None else noise.to(actions)
+        time = sample_chunk_time(batch, actions.device) if time is None else time.to(actions)
+        x_t, u_t = chunk_flow_path(actions, noise, time[:, None, None])
+        v_t = self.velocity(cache, x_t, time[:, None].expand(batch, chunk))
+        losses = (u_t - v_t) ** 2
+        valid = _not_pad(action_is_pad, (batch, chunk), actions.device)
+        action_loss = masked_mean(losses, valid, slice(0, self.config.action_dim))
+        return FasVLAOutput(action_loss, action_loss, torch.zeros_like(action_loss), losses, v_t, u_t)
+
+    def _stream_loss(self, cache, *, state, actions, action_is_pad, future_states, future_state_is_pad,
+                     cumulative_action, noise, time) -> FasVLAOutput:
+        """Streaming flow along the knots `X_k = [A_k ; S_k]` (DESIGN.md section 3), Q queries per prefix."""
+        config = self.config
+        batch = actions.shape[0]
+        actions = self.normalizer.normalize_action(actions)  # (B, H, d_a)
+        start = torch.zeros_like(actions[:, 0]) if cumulative_action is None else (
+            self.normalizer.normalize_action(cumulative_action))
+        states = None
+        if config.uses_state_trajectory:
+            states = self.normalizer.normalize_state(torch.cat([state[:, None], future_states], dim=1))
+        knots = trajectory_knots(start, actions, states, config.max_action_dim)  # (B, H + 1, D)
+
+        tau = sample_stream_time(batch, config.num_flow_queries, config.chunk_size, actions.device) if time is None \
+            else time.to(knots)
+        xi, dxi, segment = stream_reference(knots, tau)
+        eps = torch.randn_like(xi) if noise is None else noise.to(xi)
+        x, u = stabilize(xi, dxi, tau, eps, config.sigma0, config.kappa)
+        v = self.velocity(cache, x, tau)
+        losses = (u - v) ** 2  # (B, Q, D)
+
+        next_state_is_pad = future_state_is_pad if config.uses_state_trajectory else None
+        valid = transition_mask(segment, action_is_pad, next_state_is_pad)
+        d_a, d_s = config.action_dim, config.state_dim
+        action_loss = masked_query_mean(losses, valid, slice(0, d_a))
+        state_loss = masked_query_mean(losses, valid, slice(d_a, d_a + d_s)) if states is not None \
+            else torch.zeros_like(action_loss)
+        loss = config.action_loss_weight * action_loss + config.state_loss_weight * state_loss
+        return FasVLAOutput(loss, action_loss, state_loss, losses, v, u)
+
+    # -- inference ------------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def predict_action_chunk(self, pixel_values, input_ids, attention_mask, state, noise=None, image_masks=None,
+                             **kwargs) -> torch.Tensor:
+        """Chunk objective: `num_steps` Euler steps from noise (t = 1) to actions (t = 0); (B, H, d_a) robot units.
+
+        noise: (B, H, max_action_dim), the starting point x_1 (random if None).
+        """
+        if self.config.objective != "chunk":
+            raise ValueError(f"predict_action_chunk needs objective='chunk', this model has objective="
+                             f"'{self.config.objective}': use stream_actions.")
+        self._check_observation(pixel_values, input_ids, attention_mask, state, image_masks, check_finite=True)
+        cache = self.encode_prefix(pixel_values, input_ids, attention_mask, state, image_masks)
+        batch, chunk = state.shape[0], self.config.chunk_size
+        shape = (batch, chunk, self.config.max_action_dim)
+        x_1 = torch.randn(shape, device=state.device) if noise is None else noise.to(state.device, torch.float32)
+        x_0 = euler_denoise(lambda x_t, t: self.velocity(cache, x_t, t.expand(batch, chunk)), x_1,
+                            self.config.num_steps)
+        return self.normalizer.unnormalize_action(x_0[..., : self.config.action_dim])
+
+    def stream_actions(self, pixel_values, input_ids, attention_mask, state, feedback_mode=None, feedback_gain=None,
+                       cumulative_action=None, n_action_steps=None, image_masks=None, **kwargs) -> ActionStream:
+        """Stream the actions of one chunk with state feedback (DESIGN.md section 5).
+
+        Returns a generator: `next(stream)` gives step 0, `stream.send(measured_state)` (robot units, (B, d_s), the
+        state measured after executing the last action, or None) gives the next step; it stops after
+        `n_action_steps` steps. Each step is a `StreamStep` with `action` (B, d_a), `predicted_state` and
+        `state_input` (B, d_s) in robot units, and its `index`. The prefix is computed once, here.
+
+        Args:
+            feedback_mode: "open_loop", "synchronous" or "anticipatory" (default: the config's).
+            feedback_gain: beta of the anticipatory residual (default: the config's).
+            cumulative_action: (B, d_a) robot units, the sum of the actions executed so far in the episode.
+            n_action_steps: steps of this chunk, in [1, chunk_size] (default: the config's).
+        """
+        if self.config.objective == "chunk":
+            raise ValueError("stream_actions needs a streaming objective ('stream' or 'stream_joint'); this model "
+                             "has objective='chunk': use predict_action_chunk.")
+        self._check_observation(pixel_values, input_ids, attention_mask, state, image_masks, check_finite=True)
+        with torch.no_grad():
+            cache = self.encode_prefix(pixel_values, input_ids, attention_mask, state, image_masks)
+        return ActionStream(
+            self, cache, state, feedback_mode=feedback_mode or self.config.feedback_mode,
+            feedback_gain=self.config.feedback_gain if feedback_gain is None else feedback_gain,
+            cumulative_action=cumulative_action, n_action_steps=n_action_steps or self.config.n_action_steps,
+        )
+
+    def episode_streamer(self, feedback_mode=None, feedback_gain=None, n_action_steps=None) -> EpisodeStreamer:
+        """Chunk after chunk over one episode: `streamer.start_chunk(**inputs)` returns the stream of a new
+        observation, continuing the cumulative action of the actions already streamed; `streamer.reset()` starts a
+        new episode."""
+        return EpisodeStreamer(self, feedback_mode, feedback_gain, n_action_steps)
+
+    # -- input checks (never `assert`: these are user inputs) ------------------------------------------------------
+
+    def _pad_trajectory(self, x: torch.Tensor) -> torch.Tensor:
+        return F.pad(x, (0, self.config.max_action_dim - x.shape[-1]))
+
+    def _check_observation(self, pixel_values, input_ids, attention_mask, state, image_masks, check_finite=False):
+        config = self.config
+        cameras = len(config.camera_names)
+        if not torch.is_tensor(pixel_values) or pixel_values.ndim != 5 or not pixel_values.is_floating_point() \
+                or pixel_values.shape[1:3] != (cameras, 3):
+            raise ValueError(f"pixel_values must be a float tensor (B, {cameras}, 3, S, S) for the cameras "
+                             f"{config.camera_names}, got {_describe(pixel_values)}; use FasVLAProcessor.")
+        batch = pixel_values.shape[0]
+        for name, value in (("input_ids", input_ids), ("attention_mask", attention_mask)):
+            if not torch.is_tensor(value) or value.ndim != 2 or value.shape[0] != batch:
+                raise ValueError(f"{name} must be a (B={batch}, L) tensor, got {_describe(value)}.")
+        if input_ids.shape != attention_mask.shape:
+            raise ValueError(f"input_ids {tuple(input_ids.shape)} and attention_mask {tuple(attention_mask.shape)} "
+                             "must have the same shape.")
+        _check_shape("state", state, (batch, config.state_dim))
+        if image_masks is not None:
+            _check_shape("image_masks", image_masks, (batch, cameras))
+        if check_finite and not torch.isfinite(state).all():
+            raise ValueError(f"state contains NaN or infinite values: {state}")
+
+    def _check_training_targets(self, state, actions, action_is_pad, future_states, future_state_is_pad,
+                                cumulative_action):
+        config, batch = self.config, state.shape[0]
+        _check_shape("actions", actions, (batch, config.chunk_size, config.action_dim))
+        for name, value in (("action_is_pad", action_is_pad), ("future_state_is_pad", future_state_is_pad)):
+            if value is not None:
+                _check_shape(name, value, (batch, config.chunk_size))
+        if cumulative_action is not None:
+            _check_shape("cumulative_action", cumulative_action, (batch, config.action_dim))
+        if config.uses_state_trajectory:
+            _check_shape("future_states", future_states, (batch, config.chunk_size, config.state_dim))
+
+
+def _not_pad(is_pad, shape, device) -> torch.Tensor:
+    return torch.ones(shape, dtype=torch.bool, device=device) if is_pad is None else ~is_pad.bool()
+
+
+def _describe(value) -> str:
+    if torch.is_tensor(value):
+        return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
+    return f"{type(value).__name__}"
+
+
+def _check_shape(name, value, shape):
+    if not torch.is_tensor(value) or tuple(value.shape) != tuple(shape):
+        raise ValueError(f"{name} must be a tensor of shape {tuple(shape)}, got {_describe(value)}.")
+
+
+FasVLAForActionPrediction.register_for_auto_class("AutoModel")
+
+__all__ = ["FasVLAForActionPrediction", "FasVLAOutput", "FasVLAPreTrainedModel", "PrefixCache"]
