@@ -51,7 +51,7 @@ try:
         transition_mask,
     )
     from .normalization_fasvla import Normalizer
-    from .streaming_fasvla import ActionStream, EpisodeStreamer
+    from .streaming_fasvla import ActionStream, EpisodeStreamer, stream_options
 except ImportError:
     from configuration_fasvla import FasVLAConfig
     from flow_fasvla import (
@@ -68,7 +68,7 @@ except ImportError:
         transition_mask,
     )
     from normalization_fasvla import Normalizer
-    from streaming_fasvla import ActionStream, EpisodeStreamer
+    from streaming_fasvla import ActionStream, EpisodeStreamer, stream_options
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -304,9 +304,7 @@ class FasVLAForActionPrediction(FasVLAPreTrainedModel):
         self.state_gate = nn.Parameter(torch.zeros(1)) if config.objective != "chunk" else None
 
         self.normalizer = Normalizer(config)
-        is_chunk = config.objective == "chunk"
-        self._suffix_layout = chunk_suffix_layout if is_chunk else query_suffix_layout
-        self._objective_loss = self._chunk_loss if is_chunk else self._stream_loss
+        self._suffix_layout = chunk_suffix_layout if config.objective == "chunk" else query_suffix_layout
         self.post_init()
 
     # -- prefix ---------------------------------------------------------------------------------------------------
@@ -414,7 +412,6 @@ class FasVLAForActionPrediction(FasVLAPreTrainedModel):
         image_masks: torch.Tensor | None = None,
         noise: torch.Tensor | None = None,
         time: torch.Tensor | None = None,
-        **kwargs,
     ) -> FasVLAOutput:
         """Training loss of the configured objective, all inputs in robot units.
 
@@ -430,7 +427,8 @@ class FasVLAForActionPrediction(FasVLAPreTrainedModel):
         self._check_training_targets(state, actions, action_is_pad, future_states, future_state_is_pad,
                                      cumulative_action)
         cache = self.encode_prefix(pixel_values, input_ids, attention_mask, state, image_masks)
-        return self._objective_loss(
+        objective_loss = self._chunk_loss if self.config.objective == "chunk" else self._stream_loss
+        return objective_loss(
             cache, state=state, actions=actions, action_is_pad=action_is_pad, future_states=future_states,
             future_state_is_pad=future_state_is_pad, cumulative_action=cumulative_action, noise=noise, time=time,
         )
@@ -446,7 +444,8 @@ class FasVLAForActionPrediction(FasVLAPreTrainedModel):
         losses = (u_t - v_t) ** 2
         valid = _not_pad(action_is_pad, (batch, chunk), actions.device)
         action_loss = masked_mean(losses, valid, slice(0, self.config.action_dim))
-        return FasVLAOutput(action_loss, action_loss, torch.zeros_like(action_loss), losses, v_t, u_t)
+        return FasVLAOutput(loss=action_loss, action_loss=action_loss, state_loss=torch.zeros_like(action_loss),
+                            losses=losses, v_t=v_t, u_t=u_t)
 
     def _stream_loss(self, cache, *, state, actions, action_is_pad, future_states, future_state_is_pad,
                      cumulative_action, noise, time) -> FasVLAOutput:
@@ -454,15 +453,17 @@ class FasVLAForActionPrediction(FasVLAPreTrainedModel):
         config = self.config
         batch = actions.shape[0]
         actions = self.normalizer.normalize_action(actions)  # (B, H, d_a)
-        start = torch.zeros_like(actions[:, 0]) if cumulative_action is None else (
-            self.normalizer.normalize_action(cumulative_action))
+        start = torch.zeros_like(actions[:, 0])
+        if cumulative_action is not None:
+            start = self.normalizer.normalize_action(cumulative_action)
         states = None
         if config.uses_state_trajectory:
             states = self.normalizer.normalize_state(torch.cat([state[:, None], future_states], dim=1))
         knots = trajectory_knots(start, actions, states, config.max_action_dim)  # (B, H + 1, D)
 
-        tau = sample_stream_time(batch, config.num_flow_queries, config.chunk_size, actions.device) if time is None \
-            else time.to(knots)
+        if time is None:
+            time = sample_stream_time(batch, config.num_flow_queries, config.chunk_size, actions.device)
+        tau = time.to(knots)
         xi, dxi, segment = stream_reference(knots, tau)
         eps = torch.randn_like(xi) if noise is None else noise.to(xi)
         x, u = stabilize(xi, dxi, tau, eps, config.sigma0, config.kappa)
@@ -476,13 +477,13 @@ class FasVLAForActionPrediction(FasVLAPreTrainedModel):
         state_loss = masked_query_mean(losses, valid, slice(d_a, d_a + d_s)) if states is not None \
             else torch.zeros_like(action_loss)
         loss = config.action_loss_weight * action_loss + config.state_loss_weight * state_loss
-        return FasVLAOutput(loss, action_loss, state_loss, losses, v, u)
+        return FasVLAOutput(loss=loss, action_loss=action_loss, state_loss=state_loss, losses=losses, v_t=v, u_t=u)
 
     # -- inference ------------------------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def predict_action_chunk(self, pixel_values, input_ids, attention_mask, state, noise=None, image_masks=None,
-                             **kwargs) -> torch.Tensor:
+    def predict_action_chunk(self, pixel_values, input_ids, attention_mask, state, noise=None,
+                             image_masks=None) -> torch.Tensor:
         """Chunk objective: `num_steps` Euler steps from noise (t = 1) to actions (t = 0); (B, H, d_a) robot units.
 
         noise: (B, H, max_action_dim), the starting point x_1 (random if None).
@@ -500,7 +501,7 @@ class FasVLAForActionPrediction(FasVLAPreTrainedModel):
         return self.normalizer.unnormalize_action(x_0[..., : self.config.action_dim])
 
     def stream_actions(self, pixel_values, input_ids, attention_mask, state, feedback_mode=None, feedback_gain=None,
-                       cumulative_action=None, n_action_steps=None, image_masks=None, **kwargs) -> ActionStream:
+                       cumulative_action=None, n_action_steps=None, image_masks=None) -> ActionStream:
         """Stream the actions of one chunk with state feedback (DESIGN.md section 5).
 
         Returns a generator: `next(stream)` gives step 0, `stream.send(measured_state)` (robot units, (B, d_s), the
@@ -517,14 +518,11 @@ class FasVLAForActionPrediction(FasVLAPreTrainedModel):
         if self.config.objective == "chunk":
             raise ValueError("stream_actions needs a streaming objective ('stream' or 'stream_joint'); this model "
                              "has objective='chunk': use predict_action_chunk.")
+        options = stream_options(self.config, feedback_mode, feedback_gain, n_action_steps)
         self._check_observation(pixel_values, input_ids, attention_mask, state, image_masks, check_finite=True)
         with torch.no_grad():
             cache = self.encode_prefix(pixel_values, input_ids, attention_mask, state, image_masks)
-        return ActionStream(
-            self, cache, state, feedback_mode=feedback_mode or self.config.feedback_mode,
-            feedback_gain=self.config.feedback_gain if feedback_gain is None else feedback_gain,
-            cumulative_action=cumulative_action, n_action_steps=n_action_steps or self.config.n_action_steps,
-        )
+        return ActionStream(self, cache, state, cumulative_action, options)
 
     def episode_streamer(self, feedback_mode=None, feedback_gain=None, n_action_steps=None) -> EpisodeStreamer:
         """Chunk after chunk over one episode: `streamer.start_chunk(**inputs)` returns the stream of a new

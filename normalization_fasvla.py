@@ -56,7 +56,7 @@ class Normalizer:
         }
         self._per_device = {}
 
-    def _tensors(self, key: str, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def _with_stats(self, key: str, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         dtype = torch.promote_types(x.dtype, torch.float32)
         if (x.device, dtype) not in self._per_device:
             self._per_device[x.device, dtype] = {
@@ -65,19 +65,19 @@ class Normalizer:
         return x.to(dtype), self._per_device[x.device, dtype][key]
 
     def normalize_state(self, state: torch.Tensor) -> torch.Tensor:
-        state, t = self._tensors("state", state)
+        state, t = self._with_stats("state", state)
         return (state - t["offset"]) / t["in_scale"]
 
     def unnormalize_state(self, state: torch.Tensor) -> torch.Tensor:
-        state, t = self._tensors("state", state)
+        state, t = self._with_stats("state", state)
         return state * t["out_scale"] + t["offset"]
 
     def normalize_action(self, action: torch.Tensor) -> torch.Tensor:
-        action, t = self._tensors("action", action)
+        action, t = self._with_stats("action", action)
         return (action - t["offset"]) / t["in_scale"]
 
     def unnormalize_action(self, action: torch.Tensor) -> torch.Tensor:
-        action, t = self._tensors("action", action)
+        action, t = self._with_stats("action", action)
         return action * t["out_scale"] + t["offset"]
 
 

@@ -164,7 +164,7 @@ class FasVLAProcessor(ProcessorMixin):
     def _state_batch(self, state, batch: int) -> torch.Tensor:
         state = torch.as_tensor(np.asarray(state) if not torch.is_tensor(state) else state, dtype=torch.float32)
         if state.ndim == 1:
-            state = state[None].expand(batch, -1) if batch == 1 else state
+            state = state[None]
         if state.ndim != 2 or state.shape[0] != batch or (self.state_dim and state.shape[1] != self.state_dim):
             raise ValueError(f"state must have shape ({batch}, {self.state_dim or 'state_dim'}), "
                              f"got {tuple(state.shape)}")

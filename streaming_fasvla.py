@@ -80,14 +80,31 @@ class AnticipatoryFeedback:
         return state_input
 
 
-def make_feedback(mode: str, gain: float, like: torch.Tensor):
+@dataclass(frozen=True)
+class StreamOptions:
+    feedback_mode: str
+    feedback_gain: float
+    n_action_steps: int
+
+
+def stream_options(config, feedback_mode=None, feedback_gain=None, n_action_steps=None) -> StreamOptions:
+    """The options of one stream, the config's where not given, validated before any compute is spent."""
+    mode = config.feedback_mode if feedback_mode is None else feedback_mode
+    gain = config.feedback_gain if feedback_gain is None else feedback_gain
+    steps = config.n_action_steps if n_action_steps is None else n_action_steps
     if mode not in FEEDBACK_MODES:
         raise ValueError(f"feedback_mode must be one of {FEEDBACK_MODES}, got {mode!r}.")
     if isinstance(gain, bool) or not isinstance(gain, (int, float)) or not gain >= 0:
         raise ValueError(f"feedback_gain must be a number >= 0, got {gain!r}.")
-    if mode == "anticipatory":
-        return AnticipatoryFeedback(float(gain), like)
-    return OpenLoopFeedback() if mode == "open_loop" else SynchronousFeedback()
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= config.chunk_size:
+        raise ValueError(f"n_action_steps must be an integer in [1, chunk_size={config.chunk_size}], got {steps!r}.")
+    return StreamOptions(mode, float(gain), steps)
+
+
+def make_feedback(options: StreamOptions, like: torch.Tensor):
+    if options.feedback_mode == "anticipatory":
+        return AnticipatoryFeedback(options.feedback_gain, like)
+    return OpenLoopFeedback() if options.feedback_mode == "open_loop" else SynchronousFeedback()
 
 
 class ActionStream(Generator):
@@ -98,17 +115,13 @@ class ActionStream(Generator):
     is tensor operations only: no `.item()`, no host synchronisation.
     """
 
-    def __init__(self, model, cache, state, feedback_mode, feedback_gain, cumulative_action, n_action_steps):
+    def __init__(self, model, cache, state, cumulative_action, options: StreamOptions):
         config = model.config
-        if isinstance(n_action_steps, bool) or not isinstance(n_action_steps, int) \
-                or not 1 <= n_action_steps <= config.chunk_size:
-            raise ValueError(f"n_action_steps must be an integer in [1, chunk_size={config.chunk_size}], "
-                             f"got {n_action_steps!r}.")
         self._model, self._cache = model, cache
         self._normalizer = model.normalizer
         self._batch, self._device = state.shape[0], state.device
         self._action_dim, self._state_dim = config.action_dim, config.state_dim
-        self._num_steps, self._chunk_size = n_action_steps, config.chunk_size
+        self._num_steps, self._chunk_size = options.n_action_steps, config.chunk_size
         self._joint = config.uses_state_trajectory
 
         if cumulative_action is None:
@@ -118,9 +131,9 @@ class ActionStream(Generator):
             self._accumulated = self._normalizer.normalize_action(cumulative_action)
         self._state_input = self._normalizer.normalize_state(state) if self._joint else None  # S_in
         self._predicted = self._state_input  # s_hat
-        self._feedback = make_feedback(feedback_mode, feedback_gain, state.float())
+        self._feedback = make_feedback(options, state.float())
         # tau_k = k / H for every step, (n_action_steps, B, 1), so the step loop never builds tensors from Python.
-        taus = torch.arange(n_action_steps, device=self._device, dtype=torch.float32) / self._chunk_size
+        taus = torch.arange(self._num_steps, device=self._device, dtype=torch.float32) / self._chunk_size
         self._taus = taus[:, None, None].expand(-1, self._batch, 1)
         self._index = 0
         self._started = self._finished = False
@@ -179,7 +192,7 @@ class ActionStream(Generator):
         """A (B, dim) float tensor on the model device from a tensor or array; (dim,) is accepted when B = 1."""
         if isinstance(value, np.ndarray):
             value = torch.from_numpy(value)
-        if not torch.is_tensor(value) or not (value.is_floating_point() or value.dtype in (torch.int32, torch.int64)):
+        if not torch.is_tensor(value) or not value.is_floating_point():
             raise ValueError(f"{name} must be a float tensor or array of shape ({self._batch}, {dim}), got "
                              f"{type(value).__name__}.")
         if value.ndim == 1 and self._batch == 1:
@@ -236,4 +249,4 @@ class ChunkQueue:
         return self._queue.pop(0)
 
 
-__all__ = ["ActionStream", "ChunkQueue", "EpisodeStreamer", "StreamStep", "make_feedback"]
+__all__ = ["ActionStream", "ChunkQueue", "EpisodeStreamer", "StreamOptions", "StreamStep", "stream_options"]

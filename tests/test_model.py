@@ -157,6 +157,28 @@ def _first_actions(model, inputs):
     return torch.stack([next(stream).action, stream.send(None).action, stream.send(None).action], dim=1)
 
 
+def test_a_masked_camera_does_not_influence_the_actions(joint, inputs_of):
+    model, processor = joint
+    inputs = inputs_of(model, processor, batch_size=2)
+    other = {**inputs, "pixel_values": inputs["pixel_values"].clone()}
+    other["pixel_values"][:, 1] = torch.rand_like(other["pixel_values"][:, 1]) * 2 - 1  # a different wrist view
+    wrist_missing = torch.tensor([[True, False], [True, False]])
+
+    def first_action(batch, image_masks=None):
+        return next(model.stream_actions(**batch, image_masks=image_masks)).action
+
+    assert not torch.allclose(first_action(inputs), first_action(other))
+    torch.testing.assert_close(first_action(inputs, wrist_missing), first_action(other, wrist_missing),
+                               atol=1e-6, rtol=0)
+
+
+def test_unknown_arguments_are_refused_not_ignored(joint, inputs_of):
+    model, processor = joint
+    inputs = inputs_of(model, processor)
+    with pytest.raises(TypeError, match="action_ispad"):
+        model(**inputs, **fake_targets(model.config, inputs["state"]), action_ispad=None)
+
+
 def test_chunk_prediction_is_deterministic_given_the_noise(tiny_models, inputs_of):
     model, processor = tiny_models("chunk")
     inputs = inputs_of(model, processor, batch_size=2)
