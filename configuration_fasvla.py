@@ -111,7 +111,8 @@ class FasVLAConfig(PreTrainedConfig):
             `"mean_std"`: `(x - mean) / (std + norm_eps)` in, `y * std + mean` out (SmolVLA); or `"scale"`:
             actions divided by `max(|q01|, |q99|) + 1e-6` and states by `std + norm_eps`, no offset, so that
             normalisation commutes with the cumulative sum. Defaults to `"mean_std"` for `chunk` and `"scale"`
-            for the streaming objectives, which require it.
+            for the streaming objectives, which need an action normalisation without offset (`"scale"`, or
+            `"mean_std"` with zero action means, as in checkpoints converted from LeRobot).
         norm_eps (`float`, defaults to 1e-8):
             Added to standard deviations before dividing.
     """
@@ -220,9 +221,12 @@ class FasVLAConfig(PreTrainedConfig):
         if trajectory_width > self.max_action_dim:
             _fail("max_action_dim", f">= {trajectory_width} (the trajectory width of '{self.objective}')",
                   self.max_action_dim)
-        if self.objective != "chunk" and self.normalization != "scale":
-            _fail("normalization", f"'scale' for objective '{self.objective}' (the cumulative sum needs a "
-                  "normalisation without offset)", self.normalization)
+        if self.objective != "chunk" and self.normalization == "mean_std" and self.norm_stats is not None:
+            means = (self.norm_stats.get("action") or {}).get("mean") if isinstance(self.norm_stats, dict) else None
+            if means is None or any(m != 0 for m in means):
+                _fail("normalization", f"'scale', or 'mean_std' with zero action means, for objective "
+                      f"'{self.objective}' (the cumulative sum needs a normalisation without offset)",
+                      self.normalization)
 
     def _validate_cameras(self):
         names = self.camera_names

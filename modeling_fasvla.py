@@ -482,22 +482,30 @@ class FasVLAForActionPrediction(FasVLAPreTrainedModel):
     # -- inference ------------------------------------------------------------------------------------------------
 
     @torch.no_grad()
+    def sample_actions(self, cache: PrefixCache, noise: torch.Tensor) -> torch.Tensor:
+        """Chunk objective: `num_steps` Euler steps from x_1 = noise (B, H, D) at t = 1 to normalised, padded
+        actions (B, H, D) at t = 0."""
+        batch, chunk = noise.shape[:2]
+        return euler_denoise(lambda x_t, t: self.velocity(cache, x_t, t.expand(batch, chunk)), noise,
+                             self.config.num_steps)
+
+    @torch.no_grad()
     def predict_action_chunk(self, pixel_values, input_ids, attention_mask, state, noise=None,
                              image_masks=None) -> torch.Tensor:
-        """Chunk objective: `num_steps` Euler steps from noise (t = 1) to actions (t = 0); (B, H, d_a) robot units.
+        """Chunk objective: the next H actions (B, H, d_a) in robot units.
 
-        noise: (B, H, max_action_dim), the starting point x_1 (random if None).
+        noise: (B, H, max_action_dim), the starting point x_1 of the integration (random if None).
         """
         if self.config.objective != "chunk":
             raise ValueError(f"predict_action_chunk needs objective='chunk', this model has objective="
                              f"'{self.config.objective}': use stream_actions.")
         self._check_observation(pixel_values, input_ids, attention_mask, state, image_masks, check_finite=True)
         cache = self.encode_prefix(pixel_values, input_ids, attention_mask, state, image_masks)
-        batch, chunk = state.shape[0], self.config.chunk_size
-        shape = (batch, chunk, self.config.max_action_dim)
-        x_1 = torch.randn(shape, device=state.device) if noise is None else noise.to(state.device, torch.float32)
-        x_0 = euler_denoise(lambda x_t, t: self.velocity(cache, x_t, t.expand(batch, chunk)), x_1,
-                            self.config.num_steps)
+        shape = (state.shape[0], self.config.chunk_size, self.config.max_action_dim)
+        if noise is None:
+            noise = torch.randn(shape, device=state.device)
+        _check_shape("noise", noise, shape)
+        x_0 = self.sample_actions(cache, noise.to(state.device, torch.float32))
         return self.normalizer.unnormalize_action(x_0[..., : self.config.action_dim])
 
     def stream_actions(self, pixel_values, input_ids, attention_mask, state, feedback_mode=None, feedback_gain=None,

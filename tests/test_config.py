@@ -125,8 +125,8 @@ INVALID = [
     ({"state_dim": 40}, "state_dim"),
     ({"action_dim": 20, "state_dim": 16}, "max_action_dim"),
     ({"objective": "stream", "action_dim": 33}, "max_action_dim"),
-    ({"objective": "stream", "normalization": "mean_std"}, "normalization"),
-    ({"normalization": "mean_std"}, "normalization"),
+    ({"objective": "stream", "normalization": "mean_std", "norm_stats": tiny_norm_stats(8, 7)}, "normalization"),
+    ({"normalization": "mean_std", "norm_stats": tiny_norm_stats(8, 7)}, "normalization"),
     ({"image_size": 500}, "image_size"),
     ({"image_size": 528}, "image_size"),
     ({"camera_names": []}, "camera_names"),
@@ -152,3 +152,11 @@ def test_mean_std_normalization_needs_no_quantiles():
     for key in ("state", "action"):
         del stats[key]["q01"], stats[key]["q99"]
     assert FasVLAConfig(objective="chunk", norm_stats=stats).norm_stats == stats
+
+
+def test_streaming_accepts_mean_std_without_action_offset():
+    """LeRobot-style buffers with zero action means (the reference FAS release) normalise without offset."""
+    stats = tiny_norm_stats(8, 7)
+    stats["action"]["mean"] = [0.0] * 7
+    config = FasVLAConfig(objective="stream_joint", normalization="mean_std", norm_stats=stats)
+    assert config.normalization == "mean_std"
