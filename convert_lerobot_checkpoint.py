@@ -42,6 +42,12 @@ NORM_BUFFERS = {
     "action": ("normalize_targets.buffer_action.mean", "normalize_targets.buffer_action.std"),
 }
 OUTPUT_BUFFERS = ("unnormalize_outputs.buffer_action.mean", "unnormalize_outputs.buffer_action.std")
+# SmolVLAConfig fields copied as they are into FasVLAConfig, and those read otherwise.
+COPIED_FIELDS = ("num_steps", "max_state_dim", "max_action_dim", "num_vlm_layers", "num_expert_layers",
+                 "self_attn_every_n_layers", "expert_width_multiplier", "attention_mode", "tokenizer_max_length",
+                 "min_period", "max_period")
+REQUIRED_FIELDS = COPIED_FIELDS + ("chunk_size", "n_action_steps", "resize_imgs_with_padding", "input_features",
+                                   "output_features")
 # LeRobot options this model does not implement; converting them would silently change the numbers.
 UNSUPPORTED = {"adapt_to_pi_aloha": True, "use_delta_joint_actions_aloha": True, "add_image_special_tokens": True}
 
@@ -71,6 +77,9 @@ def read_checkpoint(folder: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     config = json.loads((folder / "config.json").read_text())
     if config.get("type") != "smolvla":
         raise CheckpointError(f"{folder}/config.json has type {config.get('type')!r}; only 'smolvla' converts")
+    absent = [key for key in REQUIRED_FIELDS if key not in config]
+    if absent:
+        raise CheckpointError(f"{folder}/config.json lacks the SmolVLA settings {absent}")
     state_dict = load_file(folder / "model.safetensors")
     # torch.compile'd policies save their weights under `model._orig_mod.`
     return config, {key.replace("model._orig_mod.", "model.", 1): value for key, value in state_dict.items()}
@@ -134,17 +143,17 @@ def fasvla_config(lerobot: dict, vlm_config: SmolVLMConfig, stats: dict, objecti
     if "observation.state" not in features or "action" not in lerobot["output_features"]:
         raise CheckpointError("the checkpoint's features have no 'observation.state' input or 'action' output")
     chunk = chunk_size or lerobot["chunk_size"]
-    fields = {key: lerobot[key] for key in (
-        "num_steps", "max_state_dim", "max_action_dim", "num_vlm_layers", "num_expert_layers",
-        "self_attn_every_n_layers", "expert_width_multiplier", "attention_mode", "tokenizer_max_length",
-        "min_period", "max_period")}
-    return FasVLAConfig(
-        vlm_config=vlm_config.to_dict(), objective=objective, chunk_size=chunk,
-        n_action_steps=min(lerobot["n_action_steps"], chunk), camera_names=cameras,
-        image_size=lerobot["resize_imgs_with_padding"][0], state_dim=features["observation.state"]["shape"][0],
-        action_dim=lerobot["output_features"]["action"]["shape"][0], norm_stats=stats,
-        normalization="mean_std", **fields,
-    )
+    fields = {key: lerobot[key] for key in COPIED_FIELDS}
+    try:
+        return FasVLAConfig(
+            vlm_config=vlm_config.to_dict(), objective=objective, chunk_size=chunk,
+            n_action_steps=min(lerobot["n_action_steps"], chunk), camera_names=cameras,
+            image_size=lerobot["resize_imgs_with_padding"][0], state_dim=features["observation.state"]["shape"][0],
+            action_dim=lerobot["output_features"]["action"]["shape"][0], norm_stats=stats,
+            normalization="mean_std", **fields,
+        )
+    except ValueError as error:
+        raise CheckpointError(f"the checkpoint's settings make no valid FAS-VLA config: {error}") from error
 
 
 def map_state_dict(state_dict: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:

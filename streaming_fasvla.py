@@ -143,10 +143,6 @@ class ActionStream(Generator):
         """C_t plus every action streamed so far, (B, d_a) robot units: the next chunk's cumulative action."""
         return self._normalizer.unnormalize_action(self._accumulated)
 
-    @property
-    def steps_left(self) -> int:
-        return self._num_steps - self._index
-
     def send(self, measured_state):
         if not self._started:
             if measured_state is not None:

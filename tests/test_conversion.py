@@ -237,6 +237,8 @@ BROKEN = [
     ({"config_change": lambda c: c.update(adapt_to_pi_aloha=True)}, "adapt_to_pi_aloha=True"),
     ({"config_change": lambda c: c.update(resize_imgs_with_padding=[64, 32])}, "square images"),
     ({"config_change": lambda c: c["normalization_mapping"].update(ACTION="MIN_MAX")}, "only MEAN_STD converts"),
+    ({"config_change": lambda c: c.pop("num_vlm_layers")}, r"lacks the SmolVLA settings \['num_vlm_layers'\]"),
+    ({"config_change": lambda c: c.update(num_vlm_layers=5)}, "no valid FAS-VLA config.*num_vlm_layers"),
 ]
 
 
