@@ -1,6 +1,6 @@
 """A tiny FAS-VLA built fully offline: config, byte-level BPE tokenizer, processor and fake observations.
 
-Used by the tests and the README demo. The dimensions follow the tiny SmolVLA of `shared/fixtures/smolvla_tiny_A`
+Used by the tests and the README demo. The dimensions follow the tiny SmolVLA of `tests/fixtures/smolvla_tiny_A`
 (vision 32 wide on 64x64 images, 4 text layers 64 wide, expert 32 wide), so a model builds in well under a second.
 """
 

@@ -13,7 +13,8 @@ import torch  # noqa: E402
 
 from fasvla.tiny import fake_observation, tiny_model_and_processor  # noqa: E402
 
-SHARED = ROOT.parent / "shared"
+# Reference outputs of other implementations, copied from shared/fixtures so that a clean clone tests against them.
+FIXTURES = ROOT / "tests" / "fixtures"
 
 
 def pytest_configure(config):

@@ -1,5 +1,5 @@
-"""LeRobot v0.3.2 SmolVLA -> FAS-VLA: numerical parity with LeRobot's own outputs (shared/fixtures/smolvla_tiny_A),
-and a converter that refuses, with reasons, what it cannot convert."""
+"""LeRobot v0.3.2 SmolVLA -> FAS-VLA: numerical parity with LeRobot's own outputs (tests/fixtures/smolvla_tiny_A,
+see its README), and a converter that refuses, with reasons, what it cannot convert."""
 
 import json
 import shutil
@@ -10,16 +10,14 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModel, AutoProcessor
 
 import convert_lerobot_checkpoint as conversion
-from conftest import SHARED
+from conftest import FIXTURES
 from reference_joint import joint_velocity
 from modeling_fasvla import chunk_suffix_layout
 from streaming_fasvla import ChunkQueue
 
-FIXTURE = SHARED / "fixtures" / "smolvla_tiny_A"
+FIXTURE = FIXTURES / "smolvla_tiny_A"
 TOLERANCE = 1e-5  # float32 on CPU, as the issue asks
 CAMERAS = ["observation.images.image", "observation.images.image2"]
-
-pytestmark = pytest.mark.skipif(not FIXTURE.is_dir(), reason="needs ../shared/fixtures/smolvla_tiny_A")
 
 
 @pytest.fixture(scope="module")
@@ -202,8 +200,8 @@ def test_smolvla_starts_a_streaming_model_with_a_closed_state_gate(tmp_path, con
                                chunk_size=6)
     assert model.config.chunk_size == 6 and model.state_gate.item() == 0.0
     assert model.config.norm_stats["action"]["mean"] == [0.0] * 7
-    shared = {k: v for k, v in chunk_model.state_dict().items()}
-    assert all(torch.equal(v, shared[k]) for k, v in model.state_dict().items() if k != "state_gate")
+    carried = chunk_model.state_dict()
+    assert all(torch.equal(v, carried[k]) for k, v in model.state_dict().items() if k != "state_gate")
 
 
 # -- refusals -------------------------------------------------------------------------------------------------------
