@@ -168,6 +168,7 @@ def _fas_checkpoint(folder, gate=0.3):
     shutil.copytree(FIXTURE / "lerobot_checkpoint", folder)
     state_dict = load_file(folder / "model.safetensors")
     state_dict["model.gating_factor"] = torch.tensor([gate])
+    state_dict["model.tau_schedule.weights"] = torch.ones(8)  # from the release's unreleased training module
     for key in ("normalize_targets.buffer_action.mean", "unnormalize_outputs.buffer_action.mean"):
         state_dict[key] = torch.zeros_like(state_dict[key])
     save_file(state_dict, folder / "model.safetensors")
@@ -177,9 +178,10 @@ def _fas_checkpoint(folder, gate=0.3):
     return folder
 
 
-def test_reference_fas_checkpoint_becomes_stream_joint_and_streams(tmp_path, fixture):
+def test_reference_fas_checkpoint_becomes_stream_joint_and_streams(tmp_path, fixture, capsys):
     _, tensors = fixture
     model = conversion.convert(str(_fas_checkpoint(tmp_path / "fas")), str(tmp_path / "out"))
+    assert "'model.tau_schedule.weights'" in capsys.readouterr().out  # left behind, and said so
     assert model.config.objective == "stream_joint" and model.config.chunk_size == 8
     assert model.state_gate.item() == pytest.approx(0.3)
     loaded = AutoModel.from_pretrained(tmp_path / "out", trust_remote_code=True).eval()
