@@ -289,6 +289,7 @@ class FasVLAForActionPrediction(FasVLAPreTrainedModel):
 
         stride = config.expert_layer_stride
         self.expert_of_vlm_layer = [i // stride if i % stride == 0 else None for i in range(config.num_vlm_layers)]
+        self._last_attended_vlm_layer = max(i for i, e in enumerate(self.expert_of_vlm_layer) if e is not None)
         cross = [config.attention_mode == "cross_attn" and (i * stride) % config.self_attn_every_n_layers != 0
                  for i in range(config.num_vlm_layers // stride)]
         self.expert = ActionExpert(config, cross)
@@ -351,18 +352,44 @@ class FasVLAForActionPrediction(FasVLAPreTrainedModel):
         positions = pad_mask.long().cumsum(dim=1) - 1  # padding repeats the previous position
         cos, sin = rope_angles(positions, self.config.text_config.head_dim, self.config.rope_theta)
         keys, values = [], []
-        for layer, expert_index in zip(self.vlm.text_model.layers, self.expert_of_vlm_layer):
+        for index in range(self._last_attended_vlm_layer + 1):
+            layer, expert_index = self.vlm.text_model.layers[index], self.expert_of_vlm_layer[index]
             attn = layer.self_attn
             x = layer.input_layernorm(h)
-            q = apply_rope(_heads(attn.q_proj, x, attn.head_dim), cos, sin)
             k = apply_rope(_heads(attn.k_proj, x, attn.head_dim), cos, sin)
             v = _heads(attn.v_proj, x, attn.head_dim)
-            h = _feed_forward(layer, h, attend(q, k, v, mask))
+            if index < self._last_attended_vlm_layer:  # past the last attended layer the prefix output is unused
+                q = apply_rope(_heads(attn.q_proj, x, attn.head_dim), cos, sin)
+                h = _feed_forward(layer, h, attend(q, k, v, mask))
             if expert_index is not None:
                 k, v = self.expert.project_prefix(expert_index, k, v)
                 keys.append(k)
                 values.append(v)
         return PrefixCache(keys, values, pad_mask, pad_mask.sum(dim=1))
+
+    def set_norm_stats(self, norm_stats: dict | None, normalization: str | None = None) -> None:
+        """Normalise with new statistics in robot units (e.g. those of a fine-tuning dataset); `normalization`
+        defaults to the objective's ("mean_std" for chunk, "scale" for the streaming objectives)."""
+        default = "mean_std" if self.config.objective == "chunk" else "scale"
+        previous = (self.config.norm_stats, self.config.normalization)
+        self.config.norm_stats, self.config.normalization = norm_stats, normalization or default
+        try:
+            self.config._validate()
+        except ValueError:
+            self.config.norm_stats, self.config.normalization = previous
+            raise
+        self.normalizer = Normalizer(self.config)
+
+    def unused_parameter_names(self) -> set[str]:
+        """Parameters kept so that SmolVLA checkpoints round-trip but never used to compute actions: the VLM's final
+        norm, and of the last VLM layer an expert attends to, everything but the key/value path. Training freezes
+        them (DDP requires every trainable parameter to receive a gradient)."""
+        last = self._last_attended_vlm_layer
+        prefixes = ["vlm.text_model.norm."]
+        prefixes += [f"vlm.text_model.layers.{last}.{part}."
+                     for part in ("self_attn.q_proj", "self_attn.o_proj", "mlp", "post_attention_layernorm")]
+        prefixes += [f"vlm.text_model.layers.{i}." for i in range(last + 1, self.config.num_vlm_layers)]
+        return {name for name, _ in self.named_parameters() if name.startswith(tuple(prefixes))}
 
     # -- suffix ---------------------------------------------------------------------------------------------------
 

@@ -36,6 +36,8 @@ def _single_image_to_tensor(image) -> torch.Tensor:
     if isinstance(image, np.ndarray):
         if image.ndim != 3 or image.shape[-1] != 3:
             raise ValueError(f"a numpy image must be HWC with 3 channels, got shape {image.shape}")
+        if not image.flags.writeable:  # torch.from_numpy warns on read-only arrays (e.g. decoded PNGs)
+            image = image.copy()
         image = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
     if not torch.is_tensor(image):
         raise ValueError(f"an image must be a PIL image, a numpy array or a torch tensor, got {type(image).__name__}")

@@ -1,21 +1,27 @@
-"""The README's main command: the streaming demo runs and shows the three feedback modes reacting to a push."""
+"""The README's main command: synthetic dataset -> training -> streaming with the three feedback modes."""
+
+import torch
+from accelerate.state import AcceleratorState
 
 import demo
 
 
-def test_demo_prints_every_feedback_mode(capsys):
-    demo.main(["--push_step", "2"])
+def test_demo_trains_a_model_and_streams_with_every_feedback_mode(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # the demo writes to ./outputs/demo
+    AcceleratorState._reset_state(reset_partial_state=True)
+    demo.main(["--steps", "20", "--push_step", "2"])
     printed = capsys.readouterr().out
     for mode in ("open_loop", "synchronous", "anticipatory"):
         assert f"== {mode} ==" in printed
     assert printed.count("\n   7 ") == 3  # eight streamed steps per mode
+    assert (tmp_path / "outputs/demo/run/model/config.json").is_file()
+    assert (tmp_path / "outputs/demo/data/meta/info.json").is_file()
 
 
-def test_toy_robot_applies_the_push_once():
-    import torch
-
+def test_toy_robot_follows_the_dataset_dynamics_and_is_pushed_once():
     robot = demo.ToyRobot(torch.zeros(1, 8), push_step=2, push=0.5)
     states = [robot.execute(torch.ones(1, 7)) for _ in range(3)]
-    assert torch.allclose(states[0][0, 0], torch.tensor(0.1))
-    assert torch.allclose(states[1][0, 0] - states[0][0, 0], torch.tensor(0.6))
-    assert torch.allclose(states[2][0, 0] - states[1][0, 0], torch.tensor(0.1))
+    step = demo.STEP_SCALE
+    assert torch.allclose(states[0][0, :6], torch.full((6,), step)) and states[0][0, 6:].abs().sum() == 0
+    assert torch.allclose(states[1][0, 0] - states[0][0, 0], torch.tensor(step + 0.5))
+    assert torch.allclose(states[2][0, 0] - states[1][0, 0], torch.tensor(step))

@@ -172,6 +172,17 @@ def test_a_masked_camera_does_not_influence_the_actions(joint, inputs_of):
                                atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("overrides", [{"objective": "stream_joint"}, {"objective": "chunk", "num_expert_layers": 2}])
+def test_exactly_the_unused_parameters_receive_no_gradient(overrides, inputs_of):
+    """What DDP needs: every parameter but `unused_parameter_names()` gets a gradient from the loss."""
+    model, processor = tiny_model_and_processor(**overrides)
+    inputs = inputs_of(model, processor, batch_size=2)
+    model(**inputs, **fake_targets(model.config, inputs["state"])).loss.backward()
+    without_gradient = {name for name, p in model.named_parameters() if p.grad is None}
+    assert without_gradient == model.unused_parameter_names()
+    assert "vlm.text_model.norm.weight" in without_gradient
+
+
 def test_unknown_arguments_are_refused_not_ignored(joint, inputs_of):
     model, processor = joint
     inputs = inputs_of(model, processor)

@@ -1,0 +1,102 @@
+"""Training throughput for 1 vs Q flow-time queries per prefix (DESIGN.md section 3: prefix amortisation).
+
+    python benchmarks/train_throughput.py                                   # tiny model, CPU
+    python benchmarks/train_throughput.py --preset full --device cuda --bf16 --batch_size 32
+
+One optimizer step = forward (prefix + Q-query suffix), backward and AdamW on a fixed batch, with SmolVLA's default
+freezing (the VLM frozen, the expert trained). A training *sample* is one observation; each carries Q flow-time
+queries, so the loss sees B * Q flow samples per step for one prefix pass per observation.
+"""
+
+import argparse
+import statistics
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from configuration_fasvla import FasVLAConfig  # noqa: E402
+from fasvla.tiny import fake_observation, fake_targets, tiny_model_and_processor  # noqa: E402
+from fasvla.training import freeze, make_optimizer  # noqa: E402
+from modeling_fasvla import FasVLAForActionPrediction  # noqa: E402
+
+
+def batch_for(config, processor, batch_size: int, device) -> dict:
+    if processor is not None:
+        inputs = dict(processor(**fake_observation(config, batch_size=batch_size)))
+    else:  # full size: random pixels and token ids stand in for a processed observation
+        size = config.image_size
+        input_ids = torch.randint(0, config.text_config.vocab_size, (batch_size, 16))
+        inputs = {"pixel_values": torch.rand(batch_size, len(config.camera_names), 3, size, size) * 2 - 1,
+                  "input_ids": input_ids, "attention_mask": torch.ones_like(input_ids),
+                  "state": torch.randn(batch_size, config.state_dim)}
+    inputs.update(fake_targets(config, inputs["state"]))
+    return {k: v.to(device) for k, v in inputs.items()}
+
+
+def step_times(model, batch, optimizer, repeats: int, device, bf16: bool) -> list[float]:
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+    times = []
+    for i in range(repeats + 2):  # two warm-up steps
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        with autocast:
+            loss = model(**batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if i >= 2:
+            times.append(time.perf_counter() - start)
+    return times
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", choices=["tiny", "full"], default="tiny")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast (mixed precision)")
+    parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument("--queries", type=int, nargs="+", default=[1, 2, 4, 8, 16])
+    parser.add_argument("--repeats", type=int, default=10)
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+
+    torch.manual_seed(0)
+    if args.preset == "tiny":
+        model, processor = tiny_model_and_processor()
+        config = model.config
+    else:
+        config, processor = FasVLAConfig(), None
+        model = FasVLAForActionPrediction(config)
+    model.to(device).train()
+    freeze(model, "expert_only")
+    optimizer = make_optimizer(model, 1e-4, (0.9, 0.95), 1e-8, 1e-10)
+    batch = batch_for(config, processor, args.batch_size, device)
+
+    where = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"# {args.preset} model, batch {args.batch_size}, {'bf16 autocast' if args.bf16 else 'float32'}, {where}, "
+          f"torch {torch.__version__}; expert trained, VLM frozen")
+    print("| queries Q | step ms | observations / s | flow samples / s | flow samples / s vs Q=1 | peak memory GiB |")
+    print("|---|---|---|---|---|---|")
+    baseline = None
+    for queries in args.queries:
+        model.config.num_flow_queries = queries
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        seconds = statistics.median(step_times(model, batch, optimizer, args.repeats, device, args.bf16))
+        flow_rate = args.batch_size * queries / seconds
+        baseline = baseline or flow_rate
+        memory = f"{torch.cuda.max_memory_allocated() / 2**30:.1f}" if device.type == "cuda" else "-"
+        print(f"| {queries} | {1000 * seconds:.1f} | {args.batch_size / seconds:.1f} | {flow_rate:.1f} | "
+              f"{flow_rate / baseline:.2f}x | {memory} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""Reading and writing the mp4 videos of LeRobot datasets with PyAV (AV1 or H.264)."""
+
+import os
+from collections import OrderedDict
+from pathlib import Path
+
+import av
+import numpy as np
+
+# LeRobot's default tolerance between a requested timestamp and the decoded frame's.
+TOLERANCE_S = 1e-4
+
+
+class VideoDecoder:
+    """Frames of mp4 files at given timestamps (seconds from the start of the file), HWC uint8 RGB.
+
+    Keeps a few files open (`max_open`) so that consecutive reads of one episode do not reopen it. Each decode seeks
+    to the keyframe before the timestamp and decodes forward to the frame closest to it.
+
+    Open files belong to the process that opened them. A forked DataLoader worker opens its own (sharing FFmpeg's
+    demuxer state across processes corrupts the reads) and never frees the ones it inherited: their decoder threads
+    did not survive the fork, and FFmpeg's cleanup would wait for them forever or crash.
+    """
+
+    def __init__(self, max_open: int = 4):
+        self._containers: OrderedDict[Path, av.container.InputContainer] = OrderedDict()
+        self._max_open = max_open
+        self._pid = os.getpid()
+        self._inherited = []  # kept alive, never used: see the class docstring
+
+    def frame_at(self, path: Path, timestamp: float, tolerance_s: float = TOLERANCE_S) -> np.ndarray:
+        container = self._open(Path(path))
+        stream = container.streams.video[0]
+        container.seek(max(0, int(timestamp / stream.time_base)), stream=stream, backward=True, any_frame=False)
+        best = None
+        for frame in container.decode(stream):
+            if best is None or abs(frame.time - timestamp) < abs(best.time - timestamp):
+                best = frame
+            if frame.time >= timestamp - tolerance_s:
+                break
+        if best is None or abs(best.time - timestamp) > tolerance_s:
+            found = None if best is None else round(best.time, 6)
+            raise ValueError(f"{path}: no frame within {tolerance_s} s of t = {timestamp:.6f} s (closest: {found})")
+        return best.to_ndarray(format="rgb24")
+
+    def _open(self, path: Path):
+        if self._pid != os.getpid():  # inherited through fork: the parent's handles are not ours to use or free
+            self._inherited.extend(self._containers.values())
+            self._containers, self._pid = OrderedDict(), os.getpid()
+        if path in self._containers:
+            self._containers.move_to_end(path)
+            return self._containers[path]
+        if not path.is_file():
+            raise FileNotFoundError(f"video file missing: {path}")
+        self._containers[path] = av.open(str(path))
+        while len(self._containers) > self._max_open:
+            self._containers.popitem(last=False)[1].close()
+        return self._containers[path]
+
+    def close(self):
+        for container in self._containers.values():
+            container.close()
+        self._containers.clear()
+
+    def __getstate__(self):  # spawned DataLoader workers get a fresh decoder, not open file handles
+        return {"_containers": OrderedDict(), "_max_open": self._max_open, "_pid": None, "_inherited": []}
+
+
+def write_video(path: Path, frames: np.ndarray, fps: int, codec: str = "libsvtav1") -> dict:
+    """Encode (T, H, W, 3) uint8 frames at `fps`; returns LeRobot's video info for meta/info.json.
+
+    Every frame is a keyframe-friendly short GOP (g=2, as LeRobot encodes) so that random access stays cheap.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    height, width = frames.shape[1:3]
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"g": "2"} if codec != "libsvtav1" else {"g": "2", "crf": "30", "preset": "11", "svtav1-params": "log-level=0"}
+        for image in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        container.mux(stream.encode())
+    return {"video.height": height, "video.width": width, "video.codec": "av1" if "av1" in codec else "h264",
+            "video.pix_fmt": "yuv420p", "video.is_depth_map": False, "video.fps": fps, "video.channels": 3,
+            "has_audio": False}
