@@ -135,6 +135,29 @@ def build_model(args, dataset: LeRobotDataset):
     return model, FasVLAProcessor.from_config(config, tokenizer), keys
 
 
+def resume(requested: str | None, checkpoint_dir: Path, accelerator) -> int:
+    """Load the requested Accelerate state (a folder, or 'latest'); returns the step to continue from."""
+    if requested is None:
+        return 0
+    checkpoint = latest_checkpoint(checkpoint_dir) if requested == "latest" else Path(requested)
+    if checkpoint is None:
+        accelerator.print(f"no complete checkpoint in {checkpoint_dir}: starting at step 0")
+        return 0
+    if not (checkpoint / "COMPLETE").is_file():
+        raise ValueError(f"--resume_from_checkpoint {requested!r}: {checkpoint} is not a complete checkpoint")
+    accelerator.load_state(str(checkpoint))
+    step = json.loads((checkpoint / "progress.json").read_text())["step"]
+    accelerator.print(f"resumed from {checkpoint} at step {step}")
+    return step
+
+
+def training_record(out, optimizer, accelerator) -> dict[str, float]:
+    """The loss terms of the last batch, averaged over the processes, and the learning rate."""
+    terms = accelerator.reduce(torch.stack([out.loss, out.action_loss, out.state_loss]).detach(), "mean")
+    record = dict(zip(("train/loss", "train/action_loss", "train/state_loss"), terms.tolist()))
+    return record | {"lr": optimizer.param_groups[0]["lr"]}
+
+
 @torch.no_grad()
 def validation_loss(model, loader, batches: int, accelerator, seed: int) -> dict[str, float]:
     """Mean loss terms over the first `batches` validation batches, with the same noise at every evaluation."""
@@ -189,6 +212,7 @@ def main(argv=None):
     stats, computed = dataset_norm_stats(dataset, args.state_key, args.action_key)
     model.set_norm_stats(stats)
     train_episodes, val_episodes = split_episodes(len(dataset.episodes), args.val_fraction, args.seed)
+
     def make_samples(episodes):
         return TrajectorySamples(dataset, model.config.chunk_size, camera_keys, args.state_key, args.action_key,
                                  episodes)
@@ -212,15 +236,8 @@ def main(argv=None):
     if val_loader is not None:
         val_loader = accelerator.prepare(val_loader)
 
-    step, batches_done = 0, 0
-    if args.resume_from_checkpoint:
-        checkpoint = latest_checkpoint(output_dir / "checkpoints") if args.resume_from_checkpoint == "latest" \
-            else Path(args.resume_from_checkpoint)
-        if checkpoint is not None:
-            accelerator.load_state(str(checkpoint))
-            step = json.loads((checkpoint / "progress.json").read_text())["step"]
-            batches_done = step * args.gradient_accumulation_steps
-            accelerator.print(f"resumed from {checkpoint} at step {step}")
+    step = resume(args.resume_from_checkpoint, output_dir / "checkpoints", accelerator)
+    batches_done = step * args.gradient_accumulation_steps
 
     accelerator.init_trackers("fasvla", config={k: str(v) for k, v in vars(args).items()})
     if accelerator.is_main_process:
@@ -257,11 +274,8 @@ def main(argv=None):
             progress.update(1)
             record = {}
             if step % args.log_every == 0 or step == args.steps:
-                terms = accelerator.reduce(torch.stack([out.loss, out.action_loss, out.state_loss]).detach(), "mean")
-                record.update(zip(("train/loss", "train/action_loss", "train/state_loss"), terms.tolist()))
-                record["lr"] = optimizer.param_groups[0]["lr"]
-                progress.set_postfix(loss=f"{record['train/loss']:.4f}", action=f"{record['train/action_loss']:.4f}",
-                                     state=f"{record['train/state_loss']:.4f}")
+                record.update(training_record(out, optimizer, accelerator))
+                progress.set_postfix({k.split("/")[-1]: f"{v:.4f}" for k, v in record.items() if "loss" in k})
             if val_loader is not None and (step % args.eval_every == 0 or step == args.steps):
                 record.update(validation_loss(model, val_loader, args.val_batches, accelerator, args.seed))
             if record:

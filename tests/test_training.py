@@ -170,6 +170,13 @@ def test_freezing_modes(mode, trains, frozen):
         freeze(model, "vision")
 
 
+def test_resuming_from_an_incomplete_checkpoint_is_refused(dataset, tmp_path):
+    (tmp_path / "checkpoints" / "step_0000004").mkdir(parents=True)  # a save that crashed half way
+    with pytest.raises(ValueError, match="not a complete checkpoint"):
+        train("--dataset", dataset, "--output_dir", tmp_path, "--preset", "tiny", "--steps", 5,
+              "--resume_from_checkpoint", tmp_path / "checkpoints" / "step_0000004")
+
+
 def test_latest_checkpoint_ignores_incomplete_saves(tmp_path):
     for step, complete in ((4, True), (8, True), (12, False)):
         (tmp_path / f"step_{step:07d}").mkdir()
