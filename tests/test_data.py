@@ -613,3 +613,9 @@ def test_dataloader_workers_after_the_parent_read_videos(joint, roots):
     serial = loader_batches(samples, processor, num_workers=0)
     parallel = loader_batches(samples, processor, num_workers=2, collect_garbage=True)
     assert_same_batches(serial, parallel)
+
+
+def test_an_unreachable_hub_dataset_is_refused_with_the_reason(monkeypatch):
+    """Offline (HF_HUB_OFFLINE=1, as in the tests), a Hub id that is not in the cache cannot be fetched."""
+    with pytest.raises(DatasetError, match="neither a folder nor a reachable Hub dataset"):
+        LeRobotDataset.open("nobody-here/no-such-dataset")
