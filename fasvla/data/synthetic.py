@@ -18,29 +18,20 @@ action[t][:6].
 World frame: x to the right, y up, the table is the square [-1, 1]^2 and the top view covers it exactly. Shapes: T
 frames per episode, S = image_size, images are (T, S, S, 3) uint8 RGB.
 
-The layout, schemas and statistics follow LeRobot's recorders: v2.1 as in lerobot v0.3.3 (one parquet and one mp4
-per episode, `meta/episodes_stats.jsonl`), v3.0 as in lerobot v0.4.0 and later (several episodes per parquet and
-per mp4, `meta/episodes/*.parquet`, `meta/stats.json`, `meta/tasks.parquet`).
+The layout, schemas and statistics are those of LeRobot's recorders (`fasvla/data/writer.py`).
 
     python -m fasvla.data.synthetic --root /tmp/synthetic --version v3.0 --storage video --episodes_per_file 2
 """
 
 import argparse
-import io
 import json
-import math
 import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
-from PIL import Image
 
-from fasvla.data.video import write_video
+from fasvla.data.writer import VERSIONS, EpisodeRecord, write_lerobot_dataset
 
-VERSIONS = ("v2.1", "v3.0")
 STORAGES = ("video", "image")
 CODECS = ("libx264", "libsvtav1")
 ROBOT_TYPE = "synthetic"
@@ -84,28 +75,6 @@ TABLE_TILE = 0.25  # side of the squares of the table's soft checkerboard, which
 TABLE_TILE_CONTRAST = 8
 FLOOR_COLOR = (75, 70, 65)  # beyond the table's edge, seen only by the wrist view
 
-# LeRobot's format constants (lerobot src/lerobot/datasets/utils.py at v0.3.3, v0.4.0 and main).
-CHUNKS_SIZE = 1000  # v2.1: episodes per chunk directory; v3.0: files per chunk directory
-DATA_FILES_SIZE_IN_MB = 100
-VIDEO_FILES_SIZE_IN_MB = 200
-V21_DATA_PATH = "data/chunk-{episode_chunk:03d}/episode_{episode_index:06d}.parquet"
-V21_VIDEO_PATH = "videos/chunk-{episode_chunk:03d}/{video_key}/episode_{episode_index:06d}.mp4"
-V30_DATA_PATH = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
-V30_VIDEO_PATH = "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
-V30_EPISODES_PATH = "meta/episodes/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
-PNG_NAMES = {"v2.1": "frame_{:06d}.png", "v3.0": "frame-{:06d}.png"}  # the `path` of embedded PNGs is a basename
-DEFAULT_FEATURES = {
-    "timestamp": {"dtype": "float32", "shape": [1], "names": None},
-    "frame_index": {"dtype": "int64", "shape": [1], "names": None},
-    "episode_index": {"dtype": "int64", "shape": [1], "names": None},
-    "index": {"dtype": "int64", "shape": [1], "names": None},
-    "task_index": {"dtype": "int64", "shape": [1], "names": None},
-}
-QUANTILES = {"q01": 0.01, "q10": 0.10, "q50": 0.50, "q90": 0.90, "q99": 0.99}  # v3.0 stats only
-# Image stats use a subset of frames: linspace over the episode, max(min(T, 100), min(int(T ** 0.75), 10000))
-# of them (lerobot compute_stats.py, estimate_num_samples), i.e. every frame for episodes up to 100 frames.
-STATS_MIN_SAMPLES, STATS_MAX_SAMPLES, STATS_SAMPLES_POWER = 100, 10_000, 0.75
-IMAGE_ARROW_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])  # datasets.Image() storage
 MIN_IMAGE_SIZE = 16
 
 
@@ -241,272 +210,26 @@ def synthetic_episode(rng: np.random.Generator, length: int, image_size: int, ta
 
 
 def _features(image_size: int, storage: str) -> dict:
-    """meta/info.json `features`: the cameras, state and action, then LeRobot's 5 default features."""
+    """meta/info.json `features` of the frames: the cameras, state and action (the writer adds LeRobot's defaults)."""
     camera = {"dtype": storage, "shape": [image_size, image_size, 3], "names": ["height", "width", "channels"]}
     features = {key: dict(camera) for key in CAMERA_KEYS}
     features["observation.state"] = {"dtype": "float32", "shape": [len(STATE_NAMES)], "names": list(STATE_NAMES)}
     features["action"] = {"dtype": "float32", "shape": [len(ACTION_NAMES)], "names": list(ACTION_NAMES)}
-    features.update({key: dict(value) for key, value in DEFAULT_FEATURES.items()})
     return features
 
 
-def _episode_columns(episode: dict, episode_index: int, task_index: int, first_index: int, fps: int) -> dict:
-    """Feature name -> (T, ...) array of one episode; `index` is global, `timestamp` restarts at 0 per episode."""
-    frame_index = np.arange(len(episode["state"]), dtype=np.int64)  # (T,)
-    return {
-        CAMERA_KEYS[0]: episode["image"],
-        CAMERA_KEYS[1]: episode["image2"],
-        "observation.state": episode["state"],
-        "action": episode["action"],
-        "timestamp": (frame_index / fps).astype(np.float32),  # nearest float32 of k / fps
-        "frame_index": frame_index,
-        "episode_index": np.full_like(frame_index, episode_index),
-        "index": first_index + frame_index,
-        "task_index": np.full_like(frame_index, task_index),
-    }
-
-
-def _generate(num_episodes: int, min_length: int, max_length: int, image_size: int, fps: int,
-              seed: int) -> list[dict]:
-    """The columns of every episode; lengths uniform in [min_length, max_length], tasks alternating."""
+def _generate(num_episodes: int, min_length: int, max_length: int, image_size: int, seed: int) -> list[EpisodeRecord]:
+    """Every episode's frames; lengths uniform in [min_length, max_length], tasks alternating."""
     rng = np.random.default_rng(seed)
-    episodes, first_index = [], 0
+    records = []
     for episode_index in range(num_episodes):
         length = int(rng.integers(min_length, max_length + 1))
         task_index = episode_index % len(TASKS)
         episode = synthetic_episode(rng, length, image_size, task_index)
-        episodes.append(_episode_columns(episode, episode_index, task_index, first_index, fps))
-        first_index += length
-    return episodes
-
-
-# --- Statistics ----------------------------------------------------------------------------------------------------
-
-
-def _sample_indices(length: int) -> np.ndarray:
-    """Frames used for image stats, as LeRobot picks them (compute_stats.py sample_indices)."""
-    num = max(min(length, STATS_MIN_SAMPLES), min(int(length ** STATS_SAMPLES_POWER), STATS_MAX_SAMPLES))
-    return np.round(np.linspace(0, length - 1, num)).astype(int)
-
-
-def _feature_stats(values: np.ndarray, is_image: bool, with_quantiles: bool) -> dict:
-    """Stats over the first axis of (N, ...) values as JSON lists: length D for (N, D) or (N,) -> D = 1; per
-    channel, shape (3, 1, 1) in [0, 1], for (N, S, S, 3) uint8 images. `count` is [N]."""
-    count = len(values)
-    if is_image:
-        data, shape = values.reshape(-1, 3) / 255.0, (3, 1, 1)  # (N * S * S, 3)
-    else:
-        data = values.reshape(count, -1)  # (N, D)
-        shape = (data.shape[1],)
-    as_float = data.astype(np.float64)
-    stats = {"min": data.min(axis=0), "max": data.max(axis=0), "mean": as_float.mean(axis=0),
-             "std": as_float.std(axis=0)}
-    stats = {name: value.reshape(shape).tolist() for name, value in stats.items()}
-    stats["count"] = [count]
-    if with_quantiles:
-        quantiles = np.quantile(as_float, list(QUANTILES.values()), axis=0)  # (5, D) or (5, 3), one sort
-        stats.update({name: q.reshape(shape).tolist() for name, q in zip(QUANTILES, quantiles)})
-    return stats
-
-
-def _stats(episodes: list[dict], features: dict, with_quantiles: bool) -> dict:
-    """Stats of every feature over the frames of `episodes` (image stats over LeRobot's frame sample)."""
-    stats = {}
-    for key, feature in features.items():
-        is_image = feature["dtype"] in ("image", "video")
-        parts = [columns[key][_sample_indices(len(columns[key]))] if is_image else columns[key]
-                 for columns in episodes]
-        stats[key] = _feature_stats(np.concatenate(parts), is_image, with_quantiles)
-    return stats
-
-
-# --- Parquet ------------------------------------------------------------------------------------------------------
-
-
-def _arrow_type(feature: dict) -> pa.DataType:
-    """Arrow type that LeRobot's recorder writes: scalar, fixed_size_list<D> or the PNG struct."""
-    if feature["dtype"] == "image":
-        return IMAGE_ARROW_TYPE
-    value_type = pa.from_numpy_dtype(np.dtype(feature["dtype"]))
-    return value_type if feature["shape"] == [1] else pa.list_(value_type, feature["shape"][0])
-
-
-def _hf_feature(feature: dict) -> dict:
-    """The `datasets` feature as serialised by datasets <= 3.6, whose "Sequence" form datasets >= 4 also reads."""
-    if feature["dtype"] == "image":
-        return {"_type": "Image"}
-    value = {"dtype": feature["dtype"], "_type": "Value"}
-    return value if feature["shape"] == [1] else {"feature": value, "length": feature["shape"][0], "_type": "Sequence"}
-
-
-def _data_schema(features: dict) -> pa.Schema:
-    """Schema of the data parquet: every feature except videos, with the `huggingface` metadata."""
-    stored = {key: feature for key, feature in features.items() if feature["dtype"] != "video"}
-    fields = [pa.field(key, _arrow_type(feature)) for key, feature in stored.items()]
-    hf_features = {key: _hf_feature(feature) for key, feature in stored.items()}
-    return pa.schema(fields, metadata={"huggingface": json.dumps({"info": {"features": hf_features}})})
-
-
-def _png_bytes(image: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def _arrow_column(values: np.ndarray, arrow_type: pa.DataType, png_name: str) -> pa.Array:
-    if arrow_type == IMAGE_ARROW_TYPE:
-        images = [{"bytes": _png_bytes(image), "path": png_name.format(k)} for k, image in enumerate(values)]
-        return pa.array(images, type=arrow_type)
-    if pa.types.is_fixed_size_list(arrow_type):
-        flat = pa.array(values.reshape(-1), type=arrow_type.value_type)
-        return pa.FixedSizeListArray.from_arrays(flat, arrow_type.list_size)
-    return pa.array(values, type=arrow_type)
-
-
-def _data_table(columns: dict, schema: pa.Schema, png_name: str) -> pa.Table:
-    """The T rows of one episode, in frame order."""
-    arrays = [_arrow_column(columns[field.name], field.type, png_name) for field in schema]
-    return pa.Table.from_arrays(arrays, schema=schema)
-
-
-# --- Writers -------------------------------------------------------------------------------------------------------
-
-
-def _write_json(path: Path, value) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(value, indent=4, ensure_ascii=False) + "\n")
-
-
-def _write_jsonl(path: Path, lines: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines))
-
-
-def _tasks(episodes: list[dict]) -> list[str]:
-    """Task strings by task index: those the episodes use (task indices are 0, 1, ... by construction)."""
-    return list(TASKS[:len({int(columns["task_index"][0]) for columns in episodes})])
-
-
-def _common_info(version: str, episodes: list[dict]) -> dict:
-    """The first meta/info.json keys, shared by v2.1 and v3.0, in LeRobot's order."""
-    return {"codebase_version": version, "robot_type": ROBOT_TYPE, "total_episodes": len(episodes),
-            "total_frames": sum(len(columns["index"]) for columns in episodes), "total_tasks": len(_tasks(episodes))}
-
-
-def _write_v21(root: Path, episodes: list[dict], features: dict, codec: str, fps: int) -> None:
-    """v2.1: one parquet and one mp4 per camera for each episode, JSON-lines metadata, no stats.json."""
-    video_keys = [key for key, feature in features.items() if feature["dtype"] == "video"]
-    schema = _data_schema(features)
-    for columns in episodes:
-        episode_index = int(columns["episode_index"][0])
-        chunk = episode_index // CHUNKS_SIZE
-        path = root / V21_DATA_PATH.format(episode_chunk=chunk, episode_index=episode_index)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(_data_table(columns, schema, PNG_NAMES["v2.1"]), path, compression="snappy")
-        for key in video_keys:
-            video = root / V21_VIDEO_PATH.format(episode_chunk=chunk, video_key=key, episode_index=episode_index)
-            info = write_video(video, columns[key], fps, codec)
-            features[key].setdefault("info", info)  # LeRobot probes the first episode's file
-    _write_v21_meta(root, episodes, features, fps, num_videos=len(episodes) * len(video_keys))
-
-
-def _write_v21_meta(root: Path, episodes: list[dict], features: dict, fps: int, num_videos: int) -> None:
-    """meta/tasks.jsonl, meta/episodes.jsonl, meta/episodes_stats.jsonl (no quantiles in v2.1) and meta/info.json."""
-    tasks = [{"task_index": i, "task": task} for i, task in enumerate(_tasks(episodes))]
-    _write_jsonl(root / "meta/tasks.jsonl", tasks)
-    _write_jsonl(root / "meta/episodes.jsonl", [
-        {"episode_index": e, "tasks": [TASKS[int(columns["task_index"][0])]], "length": len(columns["index"])}
-        for e, columns in enumerate(episodes)])
-    _write_jsonl(root / "meta/episodes_stats.jsonl", [
-        {"episode_index": e, "stats": _stats([columns], features, with_quantiles=False)}
-        for e, columns in enumerate(episodes)])
-    info = _common_info("v2.1", episodes)
-    info.update({"total_videos": num_videos, "total_chunks": math.ceil(len(episodes) / CHUNKS_SIZE),
-                 "chunks_size": CHUNKS_SIZE, "fps": fps, "splits": {"train": f"0:{len(episodes)}"},
-                 "data_path": V21_DATA_PATH, "video_path": V21_VIDEO_PATH if num_videos else None,
-                 "features": features})
-    _write_json(root / "meta/info.json", info)
-
-
-def _write_v30_data(path: Path, group: list[dict], schema: pa.Schema) -> None:
-    """One data file: the episodes of `group` back to back, one row group each (as LeRobot's recorder)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with pq.ParquetWriter(path, schema, compression="snappy", use_dictionary=True) as writer:
-        for columns in group:
-            writer.write_table(_data_table(columns, schema, PNG_NAMES["v3.0"]))
-
-
-def _write_v30_videos(root: Path, group: list[dict], features: dict, chunk: int, file: int, codec: str,
-                      fps: int) -> list[dict]:
-    """One mp4 per camera holding the episodes of `group` back to back; returns each episode's `videos/*` columns.
-
-    Encoding the concatenated frames in one pass gives the same frame times as LeRobot's stream-copy concatenation:
-    frame k of an episode is at from_timestamp + k / fps, from_timestamp being the frames before it over fps.
-    """
-    starts = np.cumsum([0] + [len(columns["index"]) for columns in group])  # (E + 1,) frames before each episode
-    rows = [{} for _ in group]
-    for key, feature in features.items():
-        if feature["dtype"] != "video":
-            continue
-        path = root / V30_VIDEO_PATH.format(video_key=key, chunk_index=chunk, file_index=file)
-        info = write_video(path, np.concatenate([columns[key] for columns in group]), fps, codec)
-        feature.setdefault("info", info)  # LeRobot probes the first file
-        for row, start, end in zip(rows, starts[:-1], starts[1:]):
-            row.update({f"videos/{key}/chunk_index": chunk, f"videos/{key}/file_index": file,
-                        f"videos/{key}/from_timestamp": float(start / fps),
-                        f"videos/{key}/to_timestamp": float(end / fps)})
-    return rows
-
-
-def _episode_row(columns: dict, chunk: int, file: int, video_columns: dict, features: dict,
-                 with_quantiles: bool) -> dict:
-    """One row of meta/episodes/*.parquet, columns in the recorder's order."""
-    index = columns["index"]
-    row = {"episode_index": int(columns["episode_index"][0]), "tasks": [TASKS[int(columns["task_index"][0])]],
-           "length": len(index), "data/chunk_index": chunk, "data/file_index": file,
-           "dataset_from_index": int(index[0]), "dataset_to_index": int(index[-1]) + 1, **video_columns}
-    for key, stats in _stats([columns], features, with_quantiles).items():
-        row.update({f"stats/{key}/{name}": value for name, value in stats.items()})
-    row.update({"meta/episodes/chunk_index": 0, "meta/episodes/file_index": 0})  # all rows fit in one file
-    return row
-
-
-def _write_v30_meta(root: Path, episodes: list[dict], rows: list[dict], features: dict, fps: int,
-                    with_quantiles: bool) -> None:
-    """meta/episodes, meta/tasks.parquet, meta/stats.json and meta/info.json."""
-    path = root / V30_EPISODES_PATH.format(chunk_index=0, file_index=0)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(rows), path, compression="snappy")
-    # LeRobot reads the task string from the pandas index (`tasks.iloc[i].name`): the pandas metadata must be there.
-    # Object dtypes keep that metadata as pandas 2, which LeRobot pins, writes it.
-    tasks = _tasks(episodes)
-    frame = pd.DataFrame({"task_index": np.arange(len(tasks), dtype=np.int64)},
-                         index=pd.Index(tasks, name="task", dtype=object))
-    frame.columns = pd.Index(frame.columns, dtype=object)
-    frame.to_parquet(root / "meta/tasks.parquet")
-    _write_json(root / "meta/stats.json", _stats(episodes, features, with_quantiles))
-    has_videos = any(feature["dtype"] == "video" for feature in features.values())
-    info = _common_info("v3.0", episodes)
-    info.update({"chunks_size": CHUNKS_SIZE, "data_files_size_in_mb": DATA_FILES_SIZE_IN_MB,
-                 "video_files_size_in_mb": VIDEO_FILES_SIZE_IN_MB, "fps": fps,
-                 "splits": {"train": f"0:{len(episodes)}"}, "data_path": V30_DATA_PATH,
-                 "video_path": V30_VIDEO_PATH if has_videos else None, "features": features})
-    _write_json(root / "meta/info.json", info)
-
-
-def _write_v30(root: Path, episodes: list[dict], features: dict, codec: str, fps: int, episodes_per_file: int,
-               with_quantiles: bool) -> None:
-    """v3.0: `episodes_per_file` episodes per data parquet and per mp4, parquet metadata, stats.json."""
-    schema = _data_schema(features)
-    rows = []
-    for file_number, first in enumerate(range(0, len(episodes), episodes_per_file)):
-        group = episodes[first:first + episodes_per_file]
-        chunk, file = divmod(file_number, CHUNKS_SIZE)  # lerobot's update_chunk_file_indices, in closed form
-        _write_v30_data(root / V30_DATA_PATH.format(chunk_index=chunk, file_index=file), group, schema)
-        video_columns = _write_v30_videos(root, group, features, chunk, file, codec, fps)
-        rows += [_episode_row(columns, chunk, file, videos, features, with_quantiles)
-                 for columns, videos in zip(group, video_columns)]
-    _write_v30_meta(root, episodes, rows, features, fps, with_quantiles)
+        frames = {CAMERA_KEYS[0]: episode["image"], CAMERA_KEYS[1]: episode["image2"],
+                  "observation.state": episode["state"], "action": episode["action"]}
+        records.append(EpisodeRecord(TASKS[task_index], frames))
+    return records
 
 
 # --- Public API ----------------------------------------------------------------------------------------------------
@@ -570,14 +293,9 @@ def write_synthetic_dataset(root, version="v3.0", storage="video", codec="libx26
     root = Path(root)
     _validate(root, version, storage, codec, num_episodes, min_length, max_length, image_size, fps,
               episodes_per_file)
-    root.mkdir(parents=True, exist_ok=True)
-    episodes = _generate(num_episodes, min_length, max_length, image_size, fps, seed)
-    features = _features(image_size, storage)
-    if version == "v2.1":
-        _write_v21(root, episodes, features, codec, fps)
-    else:
-        _write_v30(root, episodes, features, codec, fps, episodes_per_file or num_episodes, with_quantiles)
-    return root
+    records = _generate(num_episodes, min_length, max_length, image_size, seed)
+    return write_lerobot_dataset(root, records, _features(image_size, storage), fps, version, codec, episodes_per_file,
+                                 with_quantiles, ROBOT_TYPE)
 
 
 def main(argv=None) -> None:
