@@ -237,6 +237,11 @@ class ChunkQueue:
     def reset(self):
         self._queue = []
 
+    @property
+    def is_empty(self) -> bool:
+        """True when the next `select_action` plans a new chunk (and so needs an observation)."""
+        return not self._queue
+
     def select_action(self, **inputs) -> torch.Tensor:
         """(B, d_a) robot units; `inputs` are those of `predict_action_chunk` (including an optional `noise`)."""
         if not self._queue:

@@ -1,0 +1,173 @@
+"""Evaluate a FAS-VLA on LIBERO with the standard protocol, recording every rollout for the app.
+
+    python eval_libero.py --model <folder or Hub id> --task_suite_name libero_object --num_trials_per_task 50
+    python eval_libero.py --model ... --feedback_mode synchronous --push_step 40 --push_force 0 80 0
+    accelerate launch --multi_gpu --num_processes 4 eval_libero.py ...   # episodes sharded over processes/GPUs
+
+Protocol (DESIGN.md section 7): the four suites, trial i starts from the task's fixed init state i, seed 7, 10 wait
+steps, suite step limits 220 / 280 / 300 / 520, cameras rotated 180 degrees. Streaming models run `stream_actions`
+with the chosen feedback mode; chunk models plan H actions and execute `n_action_steps` of them.
+
+Writes to --output_dir: `rollouts/<suite>/task_NN/trial_NNN/` (one LeRobot v3.0 dataset per episode, written when
+the episode ends), `results_rank*.jsonl` (one line per episode, appended as they finish), and at the end
+`results.json` and `results.md` (success per task and per suite, mean episode length, steps per second, policy time
+per action).
+"""
+
+import argparse
+import json
+import multiprocessing
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from accelerate import PartialState
+from tqdm.auto import tqdm
+
+from fasvla.libero.env import SUITE_MAX_STEPS
+from fasvla.libero.evaluation import EpisodeJob, EpisodeResult, evaluate_jobs, markdown_table, summarize
+from fasvla.libero.perturbations import Perturbation
+
+_WORKER = {}  # the model of a worker process, loaded once by `_load_worker`
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="FAS-VLA folder or Hub id")
+    p.add_argument("--task_suite_name", nargs="+", default=list(SUITE_MAX_STEPS), choices=list(SUITE_MAX_STEPS))
+    p.add_argument("--task_ids", type=int, nargs="*", default=None, help="default: every task of the suites")
+    p.add_argument("--num_trials_per_task", type=int, default=50, help="50 = the full protocol")
+    p.add_argument("--feedback_mode", choices=["open_loop", "synchronous", "anticipatory"], default=None,
+                   help="streaming models; default: the model's")
+    p.add_argument("--n_action_steps", type=int, default=None, help="actions per observation; default: the model's")
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--resolution", type=int, default=256, help="camera size (SmolVLA-based models: 512)")
+    p.add_argument("--num_workers", type=int, default=1, help="environment processes per evaluation process")
+    p.add_argument("--output_dir", default="outputs/libero_eval")
+    p.add_argument("--device", default=None, help="default: the process's accelerator, else the CPU")
+    p.add_argument("--gripper_close_sign", type=float, default=1.0, choices=[1.0, -1.0],
+                   help="sign of the model's gripper action that closes the gripper (LIBERO's: +1)")
+    p.add_argument("--gripper_from_dataset", default=None,
+                   help="read --gripper_close_sign off a LeRobot dataset (the model's training data)")
+    p.add_argument("--no_record", action="store_true", help="do not record rollouts")
+    p.add_argument("--max_steps", type=int, default=None, help="cap every episode (smoke tests; not the protocol)")
+    disturb = p.add_argument_group("perturbations")
+    disturb.add_argument("--action_noise", type=float, default=0.0)
+    disturb.add_argument("--action_delay", type=int, default=0)
+    disturb.add_argument("--push_step", type=int, default=None)
+    disturb.add_argument("--push_force", type=float, nargs=3, default=(0.0, 0.0, 0.0), metavar=("FX", "FY", "FZ"))
+    disturb.add_argument("--push_steps", type=int, default=2)
+    args = p.parse_args(argv)
+    if args.num_trials_per_task < 1 or args.num_workers < 1:
+        p.error("--num_trials_per_task and --num_workers must be >= 1")
+    return args
+
+
+def make_jobs(args) -> list[list[EpisodeJob]]:
+    """Episode jobs grouped by task (a worker builds one environment per group)."""
+    groups = []
+    for suite in args.task_suite_name:
+        task_ids = args.task_ids if args.task_ids is not None else range(10)
+        for task_id in task_ids:
+            groups.append([EpisodeJob(suite, task_id, trial) for trial in range(args.num_trials_per_task)])
+    return groups
+
+
+def load_model(name: str, device: str):
+    """The model and processor with this repository's code (as training does)."""
+    from fasvla.training import load_processor
+    from modeling_fasvla import FasVLAForActionPrediction
+
+    model = FasVLAForActionPrediction.from_pretrained(name).to(device).eval()
+    return model, load_processor(name)
+
+
+def _load_worker(args, device: str) -> None:
+    torch.set_num_threads(1)  # one core per environment process; the renderer and the model share it
+    _WORKER["model"], _WORKER["processor"] = load_model(args.model, device)
+    _WORKER["args"] = args
+
+
+def _run_group(options_and_jobs) -> list[dict]:
+    options, jobs = options_and_jobs
+    results = evaluate_jobs(jobs, _WORKER["model"], _WORKER["processor"], options)
+    return [asdict(r) for r in results]
+
+
+def episode_options(args, model_name: str) -> dict:
+    perturbation = Perturbation(args.action_noise, args.action_delay, args.push_step, tuple(args.push_force),
+                                args.push_steps)
+    return {"resolution": args.resolution, "seed": args.seed, "feedback_mode": args.feedback_mode,
+            "n_action_steps": args.n_action_steps, "perturbation": perturbation, "model_name": model_name,
+            "gripper_close_sign": args.gripper_close_sign, "max_steps": args.max_steps,
+            "recording_root": None if args.no_record else Path(args.output_dir) / "rollouts"}
+
+
+def gripper_sign_from_dataset(name: str) -> float:
+    from fasvla.data.lerobot_dataset import LeRobotDataset
+    from fasvla.libero.env import gripper_close_sign_of
+
+    dataset = LeRobotDataset.open(name)
+    starts = [e.start for e in dataset.episodes]
+    return gripper_close_sign_of(dataset.column("observation.state"), dataset.column("action"), starts)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    state = PartialState()
+    device = args.device or str(state.device)
+    if args.gripper_from_dataset:
+        args.gripper_close_sign = gripper_sign_from_dataset(args.gripper_from_dataset)
+    output_dir = Path(args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    groups = make_jobs(args)[state.process_index :: state.num_processes]
+    options = episode_options(args, args.model)
+    results_file = output_dir / f"results_rank{state.process_index}.jsonl"
+    progress = tqdm(total=sum(len(g) for g in groups), desc=f"episodes (rank {state.process_index})",
+                    position=state.process_index)
+    started = time.perf_counter()
+
+    def record(result: dict) -> None:
+        with results_file.open("a") as f:  # appended as episodes finish: nothing is lost on a crash
+            f.write(json.dumps(result) + "\n")
+        progress.update(1)
+        progress.set_postfix(success=result["success"])
+
+    if args.num_workers == 1:
+        _load_worker(args, device)
+        for group in groups:
+            evaluate_jobs(group, _WORKER["model"], _WORKER["processor"], options, on_result=lambda r: record(asdict(r)))
+    else:  # spawn: EGL contexts and FFmpeg threads do not survive a fork
+        context = multiprocessing.get_context("spawn")
+        with context.Pool(args.num_workers, initializer=_load_worker, initargs=(args, device)) as pool:
+            for results in pool.imap_unordered(_run_group, [(options, group) for group in groups]):
+                for result in results:
+                    record(result)
+    progress.close()
+    state.wait_for_everyone()
+    if state.is_main_process:
+        write_summary(output_dir, args, time.perf_counter() - started)
+
+
+def write_summary(output_dir: Path, args, wall_s: float) -> dict:
+    results = [EpisodeResult(**json.loads(line)) for f in sorted(output_dir.glob("results_rank*.jsonl"))
+               for line in f.read_text().splitlines() if line.strip()]
+    summary = summarize(results)
+    total_steps = sum(r.steps for r in results)
+    episode_s = sum(r.steps * (r.policy_ms_per_action + r.env_ms_per_step) / 1000 for r in results)
+    summary["run"] = {"model": args.model, "feedback_mode": args.feedback_mode, "resolution": args.resolution,
+                      "seed": args.seed, "wall_s": wall_s, "steps_per_s": total_steps / episode_s if episode_s else 0,
+                      "perturbation": results[0].perturbation if results else None}
+    (output_dir / "results.json").write_text(json.dumps({"summary": summary, "episodes": [asdict(r) for r in
+                                                                                            results]}, indent=2))
+    title = f"LIBERO: {args.model} ({args.feedback_mode or 'model default'}, {args.resolution} px)"
+    footer = (f"\n{summary['run']['steps_per_s']:.2f} steps per second inside episodes (policy + environment), "
+              f"{len(results)} episodes in {wall_s:.0f} s of wall time including environment construction\n")
+    (output_dir / "results.md").write_text(markdown_table(summary, title) + footer)
+    print((output_dir / "results.md").read_text())
+    return summary
+
+
+if __name__ == "__main__":
+    main()

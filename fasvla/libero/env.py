@@ -1,0 +1,160 @@
+"""LIBERO (MuJoCo) seen through the model's conventions (DESIGN.md section 7).
+
+The protocol used by openpi, OpenVLA and LeRobot: reset to one of the task's fixed init states, send 10 wait steps of
+`[0, 0, 0, 0, 0, 0, -1]`, then act for at most the suite's step limit; success ends the episode. Observations:
+both camera images rotated by 180 degrees (the LeRobot LIBERO datasets store them upright) and the 8-dim state
+`[eef position (3), axis-angle of the eef quaternion (3), gripper finger positions (2)]`. Actions: 6 end-effector
+deltas and a gripper command whose sign LIBERO reads as -1 open / +1 close.
+
+The pure conversions are module functions (tested without a simulator); `LiberoEnv` wraps one task's environment.
+"""
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+SUITE_MAX_STEPS = {"libero_spatial": 220, "libero_object": 280, "libero_goal": 300, "libero_10": 520}
+WAIT_STEPS = 10
+WAIT_ACTION = np.array([0, 0, 0, 0, 0, 0, -1], dtype=np.float64)
+# model camera -> LIBERO observation key (LeRobot's LIBERO datasets: `image` is the agent view, `image2` the wrist)
+CAMERAS = {"observation.images.image": "agentview_image", "observation.images.image2": "robot0_eye_in_hand_image"}
+CONTROL_FREQUENCY = 20  # Hz, LIBERO's OSC controller
+PUSHED_BODY = "gripper0_eef"  # where an external push acts
+GRIPPER_ACTION_INDEX = 6
+
+
+def quat_to_axis_angle(quat_xyzw: np.ndarray) -> np.ndarray:
+    """Rotation vector (axis times angle in [0, 2 pi)) of a unit quaternion in robosuite's (x, y, z, w) order.
+
+    Written as robosuite's `quat2axisangle`, which produced the LeRobot LIBERO datasets' states: the angle is
+    2 acos(w), so q and -q give different (equivalent) vectors, as there.
+    """
+    w = min(1.0, max(-1.0, float(quat_xyzw[3])))
+    sin_half = math.sqrt(1.0 - w * w)
+    if math.isclose(sin_half, 0.0):
+        return np.zeros(3)
+    return np.asarray(quat_xyzw[:3], dtype=np.float64) * 2.0 * math.acos(w) / sin_half
+
+
+def observation_state(raw: dict) -> np.ndarray:
+    """(8,) float32: eef position, axis-angle of the eef quaternion, the two gripper finger positions."""
+    return np.concatenate([raw["robot0_eef_pos"], quat_to_axis_angle(raw["robot0_eef_quat"]),
+                           raw["robot0_gripper_qpos"]]).astype(np.float32)
+
+
+def observation_images(raw: dict, cameras: list[str]) -> list[np.ndarray]:
+    """The model cameras' images, (H, W, 3) uint8, rotated by 180 degrees (LIBERO renders them upside down)."""
+    return [np.ascontiguousarray(raw[CAMERAS[camera]][::-1, ::-1]) for camera in cameras]
+
+
+def to_env_action(action: np.ndarray, gripper_close_sign: float = 1.0) -> np.ndarray:
+    """A model action (7,) -> LIBERO's: clipped to [-1, 1], the gripper flipped when the training data closed the
+    gripper with negative values (`gripper_close_sign` = -1; see `gripper_close_sign_of`)."""
+    if gripper_close_sign not in (1.0, -1.0):
+        raise ValueError(f"gripper_close_sign must be 1 or -1, got {gripper_close_sign!r}")
+    env_action = np.clip(np.asarray(action, dtype=np.float64).reshape(-1), -1.0, 1.0)
+    if env_action.shape != (7,):
+        raise ValueError(f"a LIBERO action has 7 values, got shape {np.shape(action)}")
+    env_action[GRIPPER_ACTION_INDEX] *= gripper_close_sign
+    return env_action
+
+
+def gripper_close_sign_of(states: np.ndarray, actions: np.ndarray, episode_starts: np.ndarray,
+                          lag: int = 3) -> float:
+    """Which sign of the gripper action closes the gripper, read off demonstrations rather than assumed.
+
+    The finger opening is state[6] - state[7]; it shrinks a few steps after a closing command. Returns +1 if the
+    gripper action correlates negatively with the change of the opening `lag` steps later (LIBERO's convention),
+    -1 if positively. states: (N, 8), actions: (N, 7), episode_starts: row of each episode's first frame.
+    """
+    opening = states[:, 6] - states[:, 7]
+    change = np.roll(opening, -lag) - opening  # opening(t + lag) - opening(t)
+    same_episode = np.ones(len(states), dtype=bool)
+    for start in episode_starts:  # the last `lag` frames before each episode start look into the next episode
+        same_episode[max(0, start - lag):start] = False
+    same_episode[-lag:] = False
+    gripper = actions[same_episode, GRIPPER_ACTION_INDEX]
+    correlation = np.corrcoef(gripper, change[same_episode])[0, 1]
+    if not np.isfinite(correlation) or abs(correlation) < 0.1:
+        raise ValueError(f"the gripper actions do not explain the finger motion (correlation {correlation:.3f}): "
+                         "cannot tell which sign closes the gripper")
+    return 1.0 if correlation < 0 else -1.0
+
+
+def prepare_rendering() -> None:
+    """MuJoCo renders off-screen with EGL, LIBERO finds its config: defaults set before LIBERO is imported (and only
+    then, never at import time of this module)."""
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
+    os.environ.setdefault("LIBERO_CONFIG_PATH", str(Path.home() / ".libero"))
+
+
+@dataclass
+class Observation:
+    images: list[np.ndarray]  # per model camera, (H, W, 3) uint8, upright
+    state: np.ndarray  # (8,) float32
+    raw: dict  # LIBERO's observation dict, unconverted
+
+
+class LiberoEnv:
+    """One LIBERO task at one resolution. `reset(init_state_id)` runs the protocol's wait steps; `step(action)` takes
+    a model action and returns the next observation and whether the task succeeded."""
+
+    def __init__(self, suite: str, task_id: int, resolution: int = 256, seed: int = 7,
+                 cameras=tuple(CAMERAS), gripper_close_sign: float = 1.0):
+        if suite not in SUITE_MAX_STEPS:
+            raise ValueError(f"suite must be one of {tuple(SUITE_MAX_STEPS)}, got {suite!r}")
+        unknown = [c for c in cameras if c not in CAMERAS]
+        if unknown:
+            raise ValueError(f"cameras {unknown} are not LIBERO cameras; known: {list(CAMERAS)}")
+        prepare_rendering()
+        from libero.libero import benchmark, get_libero_path
+        from libero.libero.envs import OffScreenRenderEnv
+
+        benchmark_suite = benchmark.get_benchmark_dict()[suite]()
+        if not 0 <= task_id < benchmark_suite.n_tasks:
+            raise ValueError(f"task_id must be in [0, {benchmark_suite.n_tasks}) for {suite}, got {task_id}")
+        task = benchmark_suite.get_task(task_id)
+        bddl = Path(get_libero_path("bddl_files")) / task.problem_folder / task.bddl_file
+        self.suite, self.task_id, self.task_language = suite, task_id, task.language
+        self.max_steps = SUITE_MAX_STEPS[suite]
+        self.cameras, self.gripper_close_sign = list(cameras), gripper_close_sign
+        self.init_states = benchmark_suite.get_task_init_states(task_id)
+        self.env = OffScreenRenderEnv(bddl_file_name=str(bddl), camera_heights=resolution, camera_widths=resolution)
+        self.env.seed(seed)
+
+    def reset(self, init_state_id: int) -> Observation:
+        if not 0 <= init_state_id < len(self.init_states):
+            raise ValueError(f"init_state_id must be in [0, {len(self.init_states)}), got {init_state_id}")
+        self.env.reset()  # also restarts the horizon, which set_init_state does not
+        self.env.set_init_state(self.init_states[init_state_id])
+        raw = None
+        for _ in range(WAIT_STEPS):  # the objects settle while the gripper opens
+            raw, _, _, _ = self.env.step(WAIT_ACTION)
+        return self.observation(raw)
+
+    def step(self, action: np.ndarray, push_force: np.ndarray | None = None) -> tuple[Observation, bool]:
+        """Execute a model action; `push_force` (3,) newtons, world frame, pushes the end effector meanwhile."""
+        self._set_push(push_force)
+        raw, _, done, _ = self.env.step(to_env_action(action, self.gripper_close_sign))
+        return self.observation(raw), bool(done)
+
+    def _set_push(self, force: np.ndarray | None) -> None:
+        sim = self.env.env.sim
+        body = sim.model.body_name2id(PUSHED_BODY)
+        sim.data.xfrc_applied[body, :3] = 0.0 if force is None else force
+
+    def observation(self, raw: dict) -> Observation:
+        return Observation(observation_images(raw, self.cameras), observation_state(raw), raw)
+
+    def close(self) -> None:
+        self.env.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
