@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("MUJOCO_GL", "egl")  # LIBERO renders off-screen (robosuite reads it when first imported)
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 

@@ -62,26 +62,28 @@ def to_env_action(action: np.ndarray, gripper_close_sign: float = 1.0) -> np.nda
     return env_action
 
 
-def gripper_close_sign_of(states: np.ndarray, actions: np.ndarray, episode_starts: np.ndarray,
-                          lag: int = 3) -> float:
+def gripper_close_sign_of(states: np.ndarray, actions: np.ndarray, episode_starts, lag: int = 5) -> float:
     """Which sign of the gripper action closes the gripper, read off demonstrations rather than assumed.
 
-    The finger opening is state[6] - state[7]; it shrinks a few steps after a closing command. Returns +1 if the
-    gripper action correlates negatively with the change of the opening `lag` steps later (LIBERO's convention),
-    -1 if positively. states: (N, 8), actions: (N, 7), episode_starts: row of each episode's first frame.
+    The finger opening is state[6] - state[7]. `lag` steps after a closing command the gripper is more closed than
+    after an opening one, so compare the mean opening `lag` steps after positive and after negative commands (within
+    each episode). Returns +1 (LIBERO's convention) when positive commands leave the gripper more closed, else -1.
+    states: (N, 8), actions: (N, 7), episode_starts: the row of each episode's first frame.
     """
     opening = states[:, 6] - states[:, 7]
-    change = np.roll(opening, -lag) - opening  # opening(t + lag) - opening(t)
-    same_episode = np.ones(len(states), dtype=bool)
-    for start in episode_starts:  # the last `lag` frames before each episode start look into the next episode
-        same_episode[max(0, start - lag):start] = False
-    same_episode[-lag:] = False
-    gripper = actions[same_episode, GRIPPER_ACTION_INDEX]
-    correlation = np.corrcoef(gripper, change[same_episode])[0, 1]
-    if not np.isfinite(correlation) or abs(correlation) < 0.1:
-        raise ValueError(f"the gripper actions do not explain the finger motion (correlation {correlation:.3f}): "
+    later = np.roll(opening, -lag)  # opening(t + lag)
+    valid = np.ones(len(states), dtype=bool)
+    for start in list(episode_starts)[1:] + [len(states)]:  # t + lag must stay in t's episode
+        valid[max(0, start - lag):start] = False
+    command = actions[:, GRIPPER_ACTION_INDEX]
+    after_positive, after_negative = later[valid & (command > 0)], later[valid & (command < 0)]
+    if not len(after_positive) or not len(after_negative):
+        raise ValueError("the gripper actions never take both signs: cannot tell which sign closes the gripper")
+    difference = after_positive.mean() - after_negative.mean()
+    if abs(difference) < 0.1 * opening.std():
+        raise ValueError(f"the gripper actions do not explain the finger opening (difference {difference:.4f}): "
                          "cannot tell which sign closes the gripper")
-    return 1.0 if correlation < 0 else -1.0
+    return 1.0 if difference < 0 else -1.0
 
 
 def prepare_rendering() -> None:

@@ -1,0 +1,160 @@
+"""The LIBERO evaluation's pure parts, without a simulator: conversions, perturbations, recordings, summaries."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import pyarrow.parquet as pq
+
+from fasvla.data.lerobot_dataset import LeRobotDataset
+from fasvla.data.synthetic import write_synthetic_dataset
+from fasvla.libero.env import (CAMERAS, WAIT_ACTION, Observation, gripper_close_sign_of, observation_images,
+                               observation_state, quat_to_axis_angle, to_env_action)
+from fasvla.libero.evaluation import EpisodeResult, markdown_table, summarize
+from fasvla.libero.perturbations import Perturbation, PerturbedActions
+from fasvla.libero.policy import PolicyOutput
+from fasvla.libero.recording import EpisodeRecorder
+
+import eval_libero
+
+
+def quaternion_xyzw(axis, angle):
+    axis = np.asarray(axis, dtype=np.float64) / np.linalg.norm(axis)
+    return np.concatenate([axis * math.sin(angle / 2), [math.cos(angle / 2)]])
+
+
+@pytest.mark.parametrize("axis, angle", [((1, 0, 0), 0.3), ((0, 1, 1), 2.0), ((1, -2, 0.5), 3.1), ((0, 0, 1), 0.0)])
+def test_axis_angle_of_a_quaternion_is_the_rotation_vector(axis, angle):
+    expected = np.asarray(axis, dtype=np.float64) / np.linalg.norm(axis) * angle
+    np.testing.assert_allclose(quat_to_axis_angle(quaternion_xyzw(axis, angle)), expected, atol=1e-12)
+
+
+def fake_raw(seed=0, size=8):
+    rng = np.random.default_rng(seed)
+    quaternion = quaternion_xyzw((0.3, -0.2, 0.9), 1.2)
+    return {"agentview_image": rng.integers(0, 256, (size, size, 3), dtype=np.uint8),
+            "robot0_eye_in_hand_image": rng.integers(0, 256, (size, size, 3), dtype=np.uint8),
+            "robot0_eef_pos": rng.normal(size=3), "robot0_eef_quat": quaternion,
+            "robot0_gripper_qpos": np.array([0.03, -0.03])}
+
+
+def test_observation_state_and_upright_images_from_raw_values():
+    raw = fake_raw()
+    state = observation_state(raw)
+    assert state.dtype == np.float32 and state.shape == (8,)
+    np.testing.assert_allclose(state[:3], raw["robot0_eef_pos"], rtol=1e-6)
+    np.testing.assert_allclose(state[3:6], quat_to_axis_angle(raw["robot0_eef_quat"]), rtol=1e-6)
+    np.testing.assert_allclose(state[6:], [0.03, -0.03], rtol=1e-6)
+    agent, wrist = observation_images(raw, list(CAMERAS))
+    assert np.array_equal(agent, np.rot90(raw["agentview_image"], 2))  # 180 degrees: both axes reversed
+    assert np.array_equal(wrist[0, 0], raw["robot0_eye_in_hand_image"][-1, -1])
+
+
+def test_model_actions_become_clipped_env_actions_with_the_gripper_convention():
+    action = np.array([0.5, -2.0, 0.1, 0, 0, 0, 0.7])
+    np.testing.assert_array_equal(to_env_action(action), [0.5, -1.0, 0.1, 0, 0, 0, 0.7])
+    np.testing.assert_array_equal(to_env_action(action, gripper_close_sign=-1.0)[6], -0.7)
+    with pytest.raises(ValueError, match="7 values"):
+        to_env_action(np.zeros(6))
+    with pytest.raises(ValueError, match="gripper_close_sign"):
+        to_env_action(action, 0.5)
+
+
+def test_the_gripper_convention_is_read_off_demonstrations(tmp_path):
+    dataset = LeRobotDataset(write_synthetic_dataset(tmp_path / "d", num_episodes=6, image_size=16,
+                                                     storage="image"))
+    states, actions = dataset.column("observation.state"), dataset.column("action")
+    starts = [e.start for e in dataset.episodes]
+    assert gripper_close_sign_of(states, actions, starts) == 1.0  # +1 closes, as in LIBERO
+    flipped = actions.copy()
+    flipped[:, 6] *= -1
+    assert gripper_close_sign_of(states, flipped, starts) == -1.0
+    for useless in (np.zeros_like(actions), np.random.default_rng(0).choice([-1.0, 1.0], size=actions.shape)):
+        with pytest.raises(ValueError, match="cannot tell"):
+            gripper_close_sign_of(states, useless, starts)
+
+
+def test_delayed_actions_hold_still_then_lag_by_k_steps():
+    actions = PerturbedActions(Perturbation(action_delay=2), seed=0)
+    executed = [actions(np.full(7, float(k))) for k in range(5)]
+    np.testing.assert_array_equal(executed[0], WAIT_ACTION)
+    np.testing.assert_array_equal(executed[1], WAIT_ACTION)
+    assert [e[0] for e in executed[2:]] == [0.0, 1.0, 2.0]
+
+
+def test_action_noise_is_seeded_and_spares_the_gripper():
+    noisy = [PerturbedActions(Perturbation(action_noise=0.1), seed=3)(np.zeros(7)) for _ in range(2)]
+    np.testing.assert_array_equal(noisy[0], noisy[1])
+    assert np.all(noisy[0][:6] != 0) and noisy[0][6] == 0
+    assert not np.array_equal(noisy[0], PerturbedActions(Perturbation(action_noise=0.1), seed=4)(np.zeros(7)))
+
+
+def test_the_push_acts_during_its_window_only():
+    actions = PerturbedActions(Perturbation(push_step=3, push_force=(10.0, 0.0, -5.0), push_steps=2), seed=0)
+    forces = [actions.force_at(step) for step in range(7)]
+    assert [bool(f.any()) for f in forces] == [False, False, False, True, True, False, False]
+    np.testing.assert_array_equal(forces[3], [10.0, 0.0, -5.0])
+
+
+@pytest.mark.parametrize("bad, message", [({"action_noise": -1.0}, "action_noise"), ({"action_delay": 1.5}, "delay"),
+                                          ({"push_step": -2}, "push_step"), ({"push_force": (1.0, 2.0)}, "3 numbers")])
+def test_bad_perturbations_are_refused(bad, message):
+    with pytest.raises(ValueError, match=message):
+        Perturbation(**bad)
+
+
+def test_a_recorded_episode_reads_back_as_a_lerobot_dataset(tmp_path):
+    rng = np.random.default_rng(0)
+    recorder, expected = EpisodeRecorder(), []
+    ramp = np.linspace(0, 200, 32, dtype=np.float64)
+    for step in range(6):  # smooth images that change from frame to frame (what a camera sees; noise would not code)
+        images = [np.stack([np.add.outer(ramp, ramp * (c + 1) / 4) / 2 + 8 * step] * 3, -1).astype(np.uint8)
+                  for c in range(2)]
+        observation = Observation(images, rng.normal(size=8).astype(np.float32), {})
+        output = PolicyOutput(rng.normal(size=7).astype(np.float32), rng.normal(size=8).astype(np.float32),
+                              observation.state, latency_s=0.001 * (step + 1))
+        sent = np.clip(output.action, -1, 1).astype(np.float64)
+        recorder.add(observation, output, sent)
+        expected.append((observation, output, sent))
+    root = recorder.save(tmp_path / "episode", "pick up the bowl", {"success": True, "feedback_mode": "synchronous"})
+    dataset = LeRobotDataset(root)
+    assert dataset.version == "v3.0" and dataset.task(0) == "pick up the bowl" and dataset.num_frames == 6
+    for t, (observation, output, sent) in enumerate(expected):
+        np.testing.assert_array_equal(dataset.column("observation.state")[t], observation.state)
+        np.testing.assert_array_equal(dataset.column("action")[t], sent.astype(np.float32))
+        np.testing.assert_array_equal(dataset.column("policy.predicted_state")[t], output.predicted_state)
+        assert dataset.column("policy.latency_ms")[t] == pytest.approx(1.0 * (t + 1))
+        decoded = dataset.image("observation.images.image", t).astype(int)
+        errors = [np.abs(decoded - other[0].images[0]).mean() for other in expected]
+        assert errors[t] < 3 and int(np.argmin(errors)) == t  # lossy, but unmistakably frame t
+    row = pq.read_table(next((root / "meta/episodes").glob("*/*.parquet"))).to_pylist()[0]
+    assert row["success"] is True and row["feedback_mode"] == "synchronous"
+
+
+def results():
+    def result(suite, task_id, success, steps):
+        return EpisodeResult(suite, task_id, f"task {task_id}", 0, 0, success, steps, 5.0, 100.0, "open_loop",
+                             "nominal", None)
+    return [result("libero_object", 0, True, 100), result("libero_object", 0, False, 280),
+            result("libero_object", 1, True, 120), result("libero_goal", 3, False, 300)]
+
+
+def test_summary_rates_per_task_per_suite_and_overall():
+    summary = summarize(results())
+    assert summary["per_task"]["libero_object/0"]["success_rate"] == 0.5
+    assert summary["per_task"]["libero_object/0"]["mean_steps"] == 190
+    assert summary["per_suite"]["libero_object"]["success_rate"] == pytest.approx(2 / 3)
+    assert summary["overall"]["successes"] == 2 and summary["overall"]["episodes"] == 4
+    table = markdown_table(summary, "test")
+    assert "| libero_object/0 (task 0) | 50.0% | 2 | 190.0 |" in table and "| **overall** | 50.0% | 4 |" in table
+
+
+def test_jobs_cover_every_trial_of_every_task_and_shard_without_overlap():
+    args = eval_libero.parse_args(["--model", "m", "--task_suite_name", "libero_goal", "libero_10", "--task_ids",
+                                   "1", "4", "--num_trials_per_task", "3"])
+    groups = eval_libero.make_jobs(args)
+    names = [job.name for group in groups for job in group]
+    assert len(names) == 12 == len(set(names)) and all(len({(j.suite, j.task_id) for j in g}) == 1 for g in groups)
+    shards = [groups[rank::3] for rank in range(3)]
+    assert sorted(json.dumps(str(g)) for shard in shards for g in shard) == sorted(json.dumps(str(g)) for g in groups)
