@@ -17,6 +17,7 @@ per action).
 import argparse
 import json
 import multiprocessing
+import os
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -115,7 +116,8 @@ def gripper_sign_from_dataset(name: str) -> float:
 
 def main(argv=None):
     args = parse_args(argv)
-    state = PartialState()
+    # several processes and no GPU: Accelerate only forms the (gloo) process group when told cpu=True
+    state = PartialState(cpu=not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1)
     device = args.device or str(state.device)
     if args.gripper_from_dataset:
         args.gripper_close_sign = gripper_sign_from_dataset(args.gripper_from_dataset)

@@ -106,3 +106,21 @@ def test_the_evaluation_cli_runs_and_records(model, tmp_path):
     np.testing.assert_allclose(sent[3], recorded.column("policy.action")[0], atol=1e-6)
     assert "libero_object/0" in (tmp_path / "eval" / "results.md").read_text()
     torch.manual_seed(0)
+
+
+def test_episodes_are_sharded_over_two_processes(model, tmp_path):
+    import subprocess
+    import sys
+
+    network, processor = model
+    network.save_pretrained(tmp_path / "model")
+    processor.save_pretrained(tmp_path / "model")
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               str(eval_libero.__file__), "--model", str(tmp_path / "model"), "--task_suite_name", "libero_object",
+               "--task_ids", "0", "1", "--num_trials_per_task", "1", "--max_steps", "4", "--resolution", "64",
+               "--no_record", "--output_dir", str(tmp_path / "eval")]
+    subprocess.run(command, check=True, timeout=600, capture_output=True)
+    per_rank = [[json.loads(line)["task_id"] for line in (tmp_path / "eval" / f"results_rank{r}.jsonl").open()]
+                for r in range(2)]
+    assert sorted(per_rank) == [[0], [1]]  # each process ran one task, none ran both
+    assert json.loads((tmp_path / "eval" / "results.json").read_text())["summary"]["overall"]["episodes"] == 2
