@@ -17,7 +17,6 @@ per action).
 import argparse
 import json
 import multiprocessing
-import os
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -26,6 +25,7 @@ import torch
 from accelerate import PartialState
 from tqdm.auto import tqdm
 
+from fasvla.distributed import cpu_process_group_needed
 from fasvla.libero.env import SUITE_MAX_STEPS
 from fasvla.libero.evaluation import EpisodeJob, EpisodeResult, evaluate_jobs, markdown_table, summarize
 from fasvla.libero.perturbations import Perturbation
@@ -116,8 +116,7 @@ def gripper_sign_from_dataset(name: str) -> float:
 
 def main(argv=None):
     args = parse_args(argv)
-    # several processes and no GPU: Accelerate only forms the (gloo) process group when told cpu=True
-    state = PartialState(cpu=not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1)
+    state = PartialState(cpu=cpu_process_group_needed())
     device = args.device or str(state.device)
     if args.gripper_from_dataset:
         args.gripper_close_sign = gripper_sign_from_dataset(args.gripper_from_dataset)

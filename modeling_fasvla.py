@@ -24,7 +24,7 @@ Time: chunk flow time t = 1 is noise and t = 0 is data; streaming time tau in [0
 
 import copy
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import torch
@@ -182,13 +182,15 @@ class PrefixCache:
     For cross-attention layers the keys/values are already projected by the expert's own k/v projections, so the
     per-action expert step does no work on the prefix at all.
     keys, values: one (B, P, kv_heads, head_dim) per expert layer; pad_mask: (B, P); num_valid: (B,) real prefix
-    tokens, the position of the first suffix token.
+    tokens, the position of the first suffix token. `suffix_context` memoises, per suffix length, what depends only
+    on the prefix (masks, rotary angles), so the streamed steps of a chunk compute it once.
     """
 
     keys: list[torch.Tensor]
     values: list[torch.Tensor]
     pad_mask: torch.Tensor
     num_valid: torch.Tensor
+    suffix_context: dict = field(default_factory=dict)
 
 
 class ActionExpert(nn.Module):
@@ -408,20 +410,26 @@ class FasVLAForActionPrediction(FasVLAPreTrainedModel):
         S tokens follow the objective's suffix layout (a causal chunk, or independent queries). Returned in float32
         (float64 for a float64 model): the one place where the flow state leaves the model dtype.
         """
-        batch, length = x_t.shape[:2]
-        layout = self._suffix_layout(length, x_t.device)
-        self_mask = suffix_attention_mask(cache.pad_mask, layout.visibility)
-        cross_mask = cache.pad_mask[:, None, :].expand(batch, length, -1)
+        length = x_t.shape[1]
+        if length not in cache.suffix_context:
+            cache.suffix_context[length] = self._suffix_context(cache, length)
+        masks, rope = cache.suffix_context[length]
+        h = self.embed_suffix(x_t, time)
+        for index, (k, v) in enumerate(zip(cache.keys, cache.values)):
+            h = self.expert.layer_forward(index, h, k, v, masks, rope)
+        v_t = self.action_out_proj(self.expert.norm(h))
+        return v_t.to(torch.promote_types(v_t.dtype, torch.float32))
+
+    def _suffix_context(self, cache: PrefixCache, length: int):
+        """The (self, cross) attention masks and rotary angles of `length` suffix tokens against this prefix."""
+        layout = self._suffix_layout(length, cache.pad_mask.device)
+        batch = cache.pad_mask.shape[0]
+        masks = (suffix_attention_mask(cache.pad_mask, layout.visibility),
+                 cache.pad_mask[:, None, :].expand(batch, length, -1))
         head_dim, theta = self.config.text_config.head_dim, self.config.rope_theta
         self_positions = cache.num_valid[:, None] + layout.position_offsets
         cross_positions = layout.position_offsets.expand(batch, -1)  # re-based to start at 0
-        rope = (rope_angles(self_positions, head_dim, theta), rope_angles(cross_positions, head_dim, theta))
-
-        h = self.embed_suffix(x_t, time)
-        for index, (k, v) in enumerate(zip(cache.keys, cache.values)):
-            h = self.expert.layer_forward(index, h, k, v, (self_mask, cross_mask), rope)
-        v_t = self.action_out_proj(self.expert.norm(h))
-        return v_t.to(torch.promote_types(v_t.dtype, torch.float32))
+        return masks, (rope_angles(self_positions, head_dim, theta), rope_angles(cross_positions, head_dim, theta))
 
     # -- training -------------------------------------------------------------------------------------------------
 

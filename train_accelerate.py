@@ -14,7 +14,6 @@ final `<output_dir>/model`, which loads with AutoModel / AutoProcessor (trust_re
 
 import argparse
 import json
-import os
 import shutil
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ from tqdm.auto import tqdm
 
 from configuration_fasvla import OBJECTIVES
 from fasvla.data.lerobot_dataset import LeRobotDataset
+from fasvla.distributed import cpu_process_group_needed
 from fasvla.data.samples import TrainingCollator, TrajectorySamples, split_episodes
 from fasvla.data.stats import dataset_norm_stats
 from fasvla.tiny import tiny_tokenizer
@@ -194,11 +194,8 @@ def save_checkpoint(accelerator, folder: Path, step: int, keep: int):
 def main(argv=None):
     args = parse_args(argv)
     output_dir = Path(args.output_dir)
-    # Several processes and no GPU (e.g. `accelerate launch --multi_gpu --num_processes 2` or torchrun on a CPU
-    # machine): ask Accelerate for CPU DDP over gloo, which it only sets up when told `cpu=True`.
-    cpu_processes = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
     accelerator = Accelerator(
-        cpu=cpu_processes, gradient_accumulation_steps=args.gradient_accumulation_steps,
+        cpu=cpu_process_group_needed(), gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,
         log_with=None if args.report_to == "none" else args.report_to, project_dir=str(output_dir),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
