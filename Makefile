@@ -1,5 +1,6 @@
 # Two commands do all the setup on a fresh machine:
-#   make demo   synthetic LeRobot dataset -> training -> streaming with the three feedback modes
+#   make demo   synthetic LeRobot dataset -> training -> streaming with the three feedback modes -> LIBERO rollouts
+#               (where LIBERO is installed) -> the replay app on them and on the shipped examples
 #   make test   the whole test suite (slow tests and the LIBERO simulator included)
 
 VENV ?= .venv
@@ -20,10 +21,15 @@ $(VENV)/.libero: $(VENV)/.installed requirements-libero.txt scripts/setup_libero
 	scripts/setup_libero.sh $(PYTHON)
 	touch $@
 
+# headless Chromium for the tests that render the app's page
+$(VENV)/.chromium: $(VENV)/.installed scripts/setup_chromium.sh
+	scripts/setup_chromium.sh
+	touch $@
+
 demo: $(VENV)/.installed
 	$(PYTHON) demo.py
 
-test: $(VENV)/.libero
+test: $(VENV)/.libero $(VENV)/.chromium
 	$(PYTHON) -m pytest
 
 clean:

@@ -2,27 +2,42 @@
 
     python demo.py                      # synthetic LeRobot dataset -> train a tiny FAS-VLA -> stream with feedback
     python demo.py --model <folder or Hub id>     # stream from an existing model instead
+    python demo.py --record_example examples/libero_rollouts     # re-record the rollouts shipped with the app
 
 1. writes a small synthetic dataset in the LeRobot v3.0 layout (two cameras as H.264 video, 8-dim state, 7-dim
    action, two tasks) to outputs/demo/data;
 2. trains a tiny FAS-VLA on it with train_accelerate.py (a minute on a laptop CPU) into outputs/demo/run;
 3. loads the result with AutoModel / AutoProcessor (trust_remote_code) and streams one chunk per feedback mode from
    the first frame of an episode, against a toy robot with the dataset's dynamics that gets pushed mid-chunk, next to
-   the actions the dataset recorded there.
+   the actions the dataset recorded there;
+4. where LIBERO is installed (scripts/setup_libero.sh; `make test` runs it), records fresh LIBERO rollouts of that
+   model with eval_libero.py (anticipatory and open-loop feedback under the same push) to outputs/demo/libero;
+5. opens the replay app (app.py) on them and on the example rollouts shipped in examples/libero_rollouts.
 """
 
 import argparse
+import importlib.util
+import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
 
+import app
+import eval_libero
 import train_accelerate
 from fasvla.data.lerobot_dataset import LeRobotDataset
 from fasvla.data.synthetic import STEP_SCALE, write_synthetic_dataset
 from streaming_fasvla import FEEDBACK_MODES
 
 OUTPUT = Path("outputs/demo")
+# LIBERO rollouts of the demo model: one task and init state, each feedback mode with and without a push
+ROLLOUT_TASK = ["--task_suite_name", "libero_object", "--task_ids", "0", "--num_trials_per_task", "1"]
+PUSH = ["--push_step", "30", "--push_force", "0", "60", "0", "--push_steps", "4"]
+ROLLOUT_CONDITIONS = {"anticipatory_push": ["--feedback_mode", "anticipatory", *PUSH],
+                      "open_loop_push": ["--feedback_mode", "open_loop", *PUSH],
+                      "anticipatory": ["--feedback_mode", "anticipatory"],
+                      "open_loop": ["--feedback_mode", "open_loop"]}
 
 
 class ToyRobot:
@@ -53,6 +68,16 @@ def prepare_model(steps: int) -> Path:
     return run / "model"
 
 
+def record_rollouts(model: Path, output_dir: Path, conditions: list[str], max_steps: int,
+                    resolution: int = 128) -> Path:
+    """LIBERO rollouts of `model` recorded by eval_libero.py, one output folder per condition, replacing old ones."""
+    shutil.rmtree(output_dir, ignore_errors=True)
+    for name in conditions:
+        eval_libero.main(["--model", str(model), *ROLLOUT_TASK, *ROLLOUT_CONDITIONS[name], "--max_steps",
+                          str(max_steps), "--resolution", str(resolution), "--output_dir", str(output_dir / name)])
+    return output_dir
+
+
 def run_mode(model, inputs, mode: str, push_step: int) -> list[str]:
     robot = ToyRobot(inputs["state"], push_step=push_step, push=0.3)
     stream = model.stream_actions(**inputs, feedback_mode=mode)
@@ -81,7 +106,15 @@ def main(argv=None):
     parser.add_argument("--model", default=None, help="model folder or Hub id (default: train the tiny demo model)")
     parser.add_argument("--steps", type=int, default=300, help="training steps of the tiny demo model")
     parser.add_argument("--push_step", type=int, default=3, help="step after which the toy robot is pushed")
+    parser.add_argument("--rollout_steps", type=int, default=80, help="policy steps of each LIBERO rollout")
+    parser.add_argument("--no_app", action="store_true", help="do not open the replay app at the end")
+    parser.add_argument("--record_example", default=None, metavar="DIR",
+                        help="only record the app's example rollouts (all conditions, 120 steps) into DIR")
     args = parser.parse_args(argv)
+    if args.record_example:
+        record_rollouts(args.model or prepare_model(args.steps), Path(args.record_example), list(ROLLOUT_CONDITIONS),
+                        max_steps=120)
+        return
 
     from transformers import AutoModel, AutoProcessor
 
@@ -111,6 +144,20 @@ def main(argv=None):
     print("open_loop conditions on its own prediction, synchronous on the state just measured (it waits for it), "
           "anticipatory on the prediction corrected by the residual (measured - state input) of one step earlier, "
           "so it absorbs the push one step after synchronous without waiting for any measurement.")
+    replay(folder, args)
+
+
+def replay(model: Path, args) -> None:
+    """Fresh LIBERO rollouts where LIBERO is installed, then the app on them and on the shipped examples."""
+    sources = [str(app.EXAMPLE_ROLLOUTS)]
+    if importlib.util.find_spec("libero") is not None:
+        print("\nLIBERO is installed: recording rollouts of this model (anticipatory and open-loop, same push)")
+        fresh = record_rollouts(model, OUTPUT / "libero", ["anticipatory_push", "open_loop_push"], args.rollout_steps)
+        sources.insert(0, str(fresh))
+    else:
+        print("\nLIBERO is not installed (scripts/setup_libero.sh): the app shows the shipped example rollouts")
+    if not args.no_app:
+        app.main(["--rollouts", *sources, "--inbrowser"])
 
 
 def _open_loop_steps(model, inputs):

@@ -29,6 +29,7 @@ from fasvla.distributed import cpu_process_group_needed
 from fasvla.libero.env import SUITE_MAX_STEPS
 from fasvla.libero.evaluation import EpisodeJob, EpisodeResult, evaluate_jobs, markdown_table, summarize
 from fasvla.libero.perturbations import Perturbation
+from fasvla.training import load_model_and_processor
 
 _WORKER = {}  # the model of a worker process, loaded once by `_load_worker`
 
@@ -75,18 +76,10 @@ def make_jobs(args) -> list[list[EpisodeJob]]:
     return groups
 
 
-def load_model(name: str, device: str):
-    """The model and processor with this repository's code (as training does)."""
-    from fasvla.training import load_processor
-    from modeling_fasvla import FasVLAForActionPrediction
-
-    model = FasVLAForActionPrediction.from_pretrained(name).to(device).eval()
-    return model, load_processor(name)
-
-
-def _load_worker(args, device: str) -> None:
-    torch.set_num_threads(1)  # one core per environment process; the renderer and the model share it
-    _WORKER["model"], _WORKER["processor"] = load_model(args.model, device)
+def _load_worker(args, device: str, threads: int | None = None) -> None:
+    if threads is not None:
+        torch.set_num_threads(threads)  # one core per environment process; the renderer and the model share it
+    _WORKER["model"], _WORKER["processor"] = load_model_and_processor(args.model, device)
     _WORKER["args"] = args
 
 
@@ -141,7 +134,7 @@ def main(argv=None):
             evaluate_jobs(group, _WORKER["model"], _WORKER["processor"], options, on_result=lambda r: record(asdict(r)))
     else:  # spawn: EGL contexts and FFmpeg threads do not survive a fork
         context = multiprocessing.get_context("spawn")
-        with context.Pool(args.num_workers, initializer=_load_worker, initargs=(args, device)) as pool:
+        with context.Pool(args.num_workers, initializer=_load_worker, initargs=(args, device, 1)) as pool:
             for results in pool.imap_unordered(_run_group, [(options, group) for group in groups]):
                 for result in results:
                     record(result)

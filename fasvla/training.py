@@ -95,6 +95,12 @@ def load_processor(folder_or_hub_id: str) -> FasVLAProcessor:
                            padding=saved.padding, truncation=saved.truncation)
 
 
+def load_model_and_processor(folder_or_hub_id: str, device: str = "cpu"):
+    """A saved FAS-VLA in eval mode and its processor, with this repository's code."""
+    model = FasVLAForActionPrediction.from_pretrained(folder_or_hub_id).to(device).eval()
+    return model, load_processor(folder_or_hub_id)
+
+
 def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
     """The `step_N` folder with the largest N that holds a complete Accelerate state, or None."""
     candidates = [(int(m.group(1)), p) for p in Path(checkpoint_dir).glob("step_*")

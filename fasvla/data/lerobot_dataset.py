@@ -23,6 +23,9 @@ from fasvla.data.video import VideoDecoder
 
 SUPPORTED_VERSIONS = ("v2.0", "v2.1", "v3.0")
 DEFAULT_COLUMNS = ("index", "episode_index", "frame_index", "timestamp", "task_index")
+# columns of the episodes metadata that LeRobot itself writes (the rest is the episode's own metadata)
+EPISODE_COLUMNS = ("episode_index", "tasks", "length", "dataset_from_index", "dataset_to_index")
+EPISODE_COLUMN_PREFIXES = ("stats/", "data/", "videos/", "meta/")
 
 
 class DatasetError(ValueError):
@@ -37,6 +40,7 @@ class Episode:
     tasks: list[str]
     data_file: Path  # the parquet holding its rows
     videos: dict[str, tuple[Path, float]] = field(default_factory=dict)  # camera -> (mp4, start time in file)
+    metadata: dict = field(default_factory=dict)  # the episode's own columns (an evaluation's suite, success, ...)
 
 
 def resolve_dataset(repo_or_path: str, revision: str | None = None, cameras=None) -> Path:
@@ -105,7 +109,7 @@ class LeRobotDataset:
         for row in sorted(_read_jsonl(self._meta_file("episodes.jsonl")), key=lambda r: r["episode_index"]):
             index = row["episode_index"]
             data_file = self.root / self.info["data_path"].format(episode_chunk=index // chunks, episode_index=index)
-            episode = Episode(index, start, row["length"], list(row["tasks"]), data_file)
+            episode = Episode(index, start, row["length"], list(row["tasks"]), data_file, metadata=_own_columns(row))
             for camera in self._video_keys():
                 episode.videos[camera] = (self.root / self.info["video_path"].format(
                     episode_chunk=index // chunks, video_key=camera, episode_index=index), 0.0)
@@ -117,7 +121,7 @@ class LeRobotDataset:
         data_file = self.root / self.info["data_path"].format(chunk_index=row["data/chunk_index"],
                                                               file_index=row["data/file_index"])
         episode = Episode(row["episode_index"], row["dataset_from_index"], row["length"], list(row["tasks"]),
-                          data_file)
+                          data_file, metadata=_own_columns(row))
         for camera in self._video_keys():
             path = self.root / self.info["video_path"].format(
                 video_key=camera, chunk_index=row[f"videos/{camera}/chunk_index"],
@@ -233,3 +237,8 @@ def _read_json(path: Path) -> dict:
 
 def _read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _own_columns(row: dict) -> dict:
+    return {key: value for key, value in row.items()
+            if key not in EPISODE_COLUMNS and not key.startswith(EPISODE_COLUMN_PREFIXES)}

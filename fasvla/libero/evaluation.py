@@ -41,36 +41,75 @@ class EpisodeJob:
         return f"{self.suite}/task_{self.task_id:02d}/trial_{self.trial:03d}"
 
 
+class EpisodeRun:
+    """One trial from init state `trial` (modulo the task's fixed init states), until success or the step limit.
+
+    Iterating runs it a policy step at a time, yielding `(observation, output, sent_action)` (the live view of the
+    app shows them as they come); `result()` then summarises it and `save()` writes the recording.
+    """
+
+    def __init__(self, env: LiberoEnv, controller, job: EpisodeJob, perturbation: Perturbation, seed: int,
+                 record: bool = True):
+        self.env, self.controller, self.job, self.perturbation, self.seed = env, controller, job, perturbation, seed
+        self.init_state_id = job.trial % len(env.init_states)
+        self.recorder = EpisodeRecorder(env.cameras) if record else None
+        self.success, self.steps, self.policy_s, self.env_s = False, 0, 0.0, 0.0
+
+    def __iter__(self):
+        torch.manual_seed(self.seed)  # the chunk objective's noise, the same for every rerun of this episode
+        actions = PerturbedActions(self.perturbation, self.seed)
+        self.controller.reset()
+        observation = self.env.reset(self.init_state_id)
+        for step in range(self.env.max_steps):
+            output = self.controller.act(observation)
+            sent = actions(output.action)
+            started = time.perf_counter()
+            next_observation, self.success = self.env.step(sent, push_force=actions.force_at(step))
+            self.env_s += time.perf_counter() - started
+            self.policy_s += output.latency_s
+            self.steps = step + 1
+            if self.recorder is not None:
+                self.recorder.add(observation, output, sent)
+            yield observation, output, sent
+            observation = next_observation
+            if self.success:
+                break
+
+    def result(self, feedback_mode: str) -> EpisodeResult:
+        steps = max(self.steps, 1)
+        return EpisodeResult(self.job.suite, self.job.task_id, self.env.task_language, self.job.trial,
+                             self.init_state_id, self.success, self.steps, 1000 * self.policy_s / steps,
+                             1000 * self.env_s / steps, feedback_mode, self.perturbation.describe(), None)
+
+    def save(self, result: EpisodeResult, root: Path, model_name: str) -> Path:
+        """The recording as a LeRobot v3.0 dataset at `root` (its per-episode metadata: `result` and the model)."""
+        metadata = {k: v for k, v in asdict(result).items() if k not in ("recording", "task")} | {"model": model_name}
+        return self.recorder.save(root, self.env.task_language, metadata)
+
+
 def run_episode(env: LiberoEnv, controller, job: EpisodeJob, perturbation: Perturbation, seed: int,
                 recording_root: Path | None, feedback_mode: str, model_name: str) -> EpisodeResult:
-    """One trial from init state `trial` (modulo the task's fixed init states), until success or the step limit."""
-    init_state_id = job.trial % len(env.init_states)
-    torch.manual_seed(seed)  # the chunk objective's noise, the same for every rerun of this episode
-    actions = PerturbedActions(perturbation, seed)
-    recorder = EpisodeRecorder(env.cameras) if recording_root is not None else None
-    controller.reset()
-    observation, success = env.reset(init_state_id), False
-    policy_s = env_s = 0.0
-    for step in range(env.max_steps):
-        output = controller.act(observation)
-        sent = actions(output.action)
-        started = time.perf_counter()
-        next_observation, success = env.step(sent, push_force=actions.force_at(step))
-        env_s += time.perf_counter() - started
-        policy_s += output.latency_s
-        if recorder is not None:
-            recorder.add(observation, output, sent)
-        observation = next_observation
-        if success:
-            break
-    steps = step + 1
-    result = EpisodeResult(job.suite, job.task_id, env.task_language, job.trial, init_state_id, success, steps,
-                           1000 * policy_s / steps, 1000 * env_s / steps, feedback_mode, perturbation.describe(),
-                           None)
-    if recorder is not None:
-        metadata = {k: v for k, v in asdict(result).items() if k not in ("recording", "task")} | {"model": model_name}
-        result.recording = str(recorder.save(recording_root / job.name, env.task_language, metadata))
+    """Run one episode to its end; recorded under `recording_root / job.name` unless `recording_root` is None."""
+    run = EpisodeRun(env, controller, job, perturbation, seed, record=recording_root is not None)
+    for _ in run:
+        pass
+    result = run.result(feedback_mode)
+    if recording_root is not None:
+        result.recording = str(run.save(result, recording_root / job.name, model_name))
     return result
+
+
+def episode_seed(base_seed: int, job: EpisodeJob) -> int:
+    """The episode's seed: a function of the job alone, so a rerun (in any process) reproduces it."""
+    return base_seed * 100_003 + zlib.crc32(job.name.encode()) % 100_003
+
+
+def make_env(job: EpisodeJob, options: dict, cameras: list[str]) -> LiberoEnv:
+    env = LiberoEnv(job.suite, job.task_id, options["resolution"], options["seed"], cameras=cameras,
+                    gripper_close_sign=options["gripper_close_sign"])
+    if options.get("max_steps"):  # a cap for smoke tests, below the protocol's limit
+        env.max_steps = min(env.max_steps, options["max_steps"])
+    return env
 
 
 def evaluate_jobs(jobs: list[EpisodeJob], model, processor, options: dict, on_result=None) -> list[EpisodeResult]:
@@ -81,15 +120,12 @@ def evaluate_jobs(jobs: list[EpisodeJob], model, processor, options: dict, on_re
             if env is None or (env.suite, env.task_id) != (job.suite, job.task_id):
                 if env is not None:
                     env.close()
-                env = LiberoEnv(job.suite, job.task_id, options["resolution"], options["seed"],
-                                cameras=model.config.camera_names, gripper_close_sign=options["gripper_close_sign"])
-                if options.get("max_steps"):  # a cap for smoke tests, below the protocol's limit
-                    env.max_steps = min(env.max_steps, options["max_steps"])
+                env = make_env(job, options, model.config.camera_names)
             controller = make_controller(model, processor, env.task_language, options["feedback_mode"],
                                          options["n_action_steps"])
-            seed = options["seed"] * 100_003 + zlib.crc32(job.name.encode()) % 100_003  # stable across processes
-            result = run_episode(env, controller, job, options["perturbation"], seed, options["recording_root"],
-                                 options["feedback_mode"] or model.config.feedback_mode, options["model_name"])
+            result = run_episode(env, controller, job, options["perturbation"], episode_seed(options["seed"], job),
+                                 options["recording_root"], options["feedback_mode"] or model.config.feedback_mode,
+                                 options["model_name"])
             results.append(result)
             if on_result is not None:
                 on_result(result)
