@@ -562,10 +562,17 @@ class FasVLAForActionPrediction(FasVLAPreTrainedModel):
             raise ValueError("stream_actions needs a streaming objective ('stream' or 'stream_joint'); this model "
                              "has objective='chunk': use predict_action_chunk.")
         options = stream_options(self.config, feedback_mode, feedback_gain, n_action_steps)
+        cache = self.encode_observation(pixel_values, input_ids, attention_mask, state, image_masks)
+        return ActionStream(self, cache, state, cumulative_action, options)
+
+    def encode_observation(self, pixel_values, input_ids, attention_mask, state, image_masks=None) -> PrefixCache:
+        """The prefix cache of a streaming observation, its inputs checked first."""
+        if self.config.objective == "chunk":
+            raise ValueError("streaming needs a streaming objective ('stream' or 'stream_joint'); this model has "
+                             "objective='chunk': use predict_action_chunk.")
         self._check_observation(pixel_values, input_ids, attention_mask, state, image_masks, check_finite=True)
         with torch.no_grad():
-            cache = self.encode_prefix(pixel_values, input_ids, attention_mask, state, image_masks)
-        return ActionStream(self, cache, state, cumulative_action, options)
+            return self.encode_prefix(pixel_values, input_ids, attention_mask, state, image_masks)
 
     def episode_streamer(self, feedback_mode=None, feedback_gain=None, n_action_steps=None) -> EpisodeStreamer:
         """Chunk after chunk over one episode: `streamer.start_chunk(**inputs)` returns the stream of a new

@@ -21,6 +21,10 @@ e_{k+1} = (1 - beta) e_k + w_k (w: what the model could not predict); beta = 1 i
 the predicted increment", `s_obs_k + delta_S_k`. The two agree in open loop, where S_in_k = s_hat_k.
 Sending None means "no new measurement": anticipatory keeps its last residual, synchronous falls back to the
 prediction.
+
+In real time the anticipatory step k + 1 is computed before s_obs_{k+1} exists, so a real-time runner splits `send`:
+`observe(s_obs_k)` as soon as the state measured before a_{t+k} ran arrives (it sets r_k against S_in_k), then
+`send(None)` computes step k + 1 (fasvla/realtime.py).
 """
 
 from collections.abc import Generator
@@ -76,8 +80,12 @@ class AnticipatoryFeedback:
     def state_input(self, predicted: torch.Tensor, observed: torch.Tensor | None) -> torch.Tensor:
         state_input = predicted + self.gain * self.residual
         if observed is not None:
-            self.residual = observed - state_input
+            self.observe(observed, state_input)
         return state_input
+
+    def observe(self, observed: torch.Tensor, state_input: torch.Tensor) -> None:
+        """r = s_obs_k - S_in_k: the measurement of the state step k conditioned on, against what it assumed."""
+        self.residual = observed - state_input
 
 
 @dataclass(frozen=True)
@@ -163,6 +171,18 @@ class ActionStream(Generator):
             self._state_input = self._feedback.state_input(self._predicted, observed)
         return self._step()
 
+    def observe(self, measured_state) -> None:
+        """Anticipatory feedback in real time: `measured_state` (robot units, (B, d_s)) is the state measured before
+        the last streamed action ran (the state that step conditioned on, as the robot saw it). It sets the residual
+        that the next step, computed with `send(None)`, corrects its prediction by."""
+        if not isinstance(self._feedback, AnticipatoryFeedback):
+            raise ValueError("observe() is for anticipatory feedback; this stream's feedback mode is "
+                             f"{type(self._feedback).__name__}: send the measured state with send().")
+        if not self._started:
+            raise ValueError("observe() before next(): there is no streamed step whose state was measured yet.")
+        observed = self._normalizer.normalize_state(self._as_batch("measured state", measured_state, self._state_dim))
+        self._feedback.observe(observed, self._state_input)
+
     def throw(self, typ=None, value=None, traceback=None):
         self._finished = True
         raise typ if value is None else value
@@ -204,13 +224,14 @@ class EpisodeStreamer:
     """Chunk after chunk over one episode, carrying the cumulative action across chunks (no jump at boundaries).
 
     `start_chunk(**inputs)` starts the stream of a new observation; the actions already streamed by the previous
-    chunk (even if it was cut short) count as executed. `reset()` starts a new episode.
+    chunk (even if it was cut short) count as executed. `reset()` starts a new episode. A real-time runner splits
+    it: `prepare(**inputs)` computes the prefix ahead of time (while the current chunk still streams) and
+    `start_prepared(prepared)` starts the stream at the chunk boundary.
     """
 
     def __init__(self, model, feedback_mode=None, feedback_gain=None, n_action_steps=None):
         self._model = model
-        self._options = {"feedback_mode": feedback_mode, "feedback_gain": feedback_gain,
-                         "n_action_steps": n_action_steps}
+        self._options = stream_options(model.config, feedback_mode, feedback_gain, n_action_steps)
         self._stream = None
 
     def reset(self):
@@ -221,7 +242,15 @@ class EpisodeStreamer:
         return None if self._stream is None else self._stream.cumulative_action
 
     def start_chunk(self, **inputs) -> ActionStream:
-        self._stream = self._model.stream_actions(**inputs, **self._options, cumulative_action=self.cumulative_action)
+        return self.start_prepared(self.prepare(**inputs))
+
+    def prepare(self, **inputs) -> tuple:
+        """(prefix cache, state) of an observation: the expensive part of starting a chunk."""
+        return self._model.encode_observation(**inputs), inputs["state"]
+
+    def start_prepared(self, prepared: tuple) -> ActionStream:
+        cache, state = prepared
+        self._stream = ActionStream(self._model, cache, state, self.cumulative_action, self._options)
         return self._stream
 
 

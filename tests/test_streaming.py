@@ -112,6 +112,33 @@ def test_anticipatory_residual_is_observed_minus_predicted(joint, inputs_of):
     torch.testing.assert_close(third.state_input - second.predicted_state, torch.ones_like(ahead), atol=1e-5, rtol=0)
 
 
+def test_real_time_observe_then_step_reproduces_the_generator_protocol(joint, inputs_of):
+    """A runner computes step k + 1 before s_obs_{k+1} exists: observe(s_obs_k), then send(None). That is the
+    anticipatory rule exactly: each step uses the measurement one step older, paired with its own state input."""
+    model, processor = joint
+    inputs = inputs_of(model, processor)
+    measured = _measurements(model.config, model.config.n_action_steps)
+    generator = _run(model.stream_actions(**inputs, feedback_mode="anticipatory"), measured)
+    stream = model.stream_actions(**inputs, feedback_mode="anticipatory")
+    real_time = [next(stream), stream.send(None)]
+    for k in range(2, model.config.n_action_steps):
+        stream.observe(measured[k - 2])  # the state measured after step k - 2's action, i.e. before k - 1's ran
+        real_time.append(stream.send(None))
+    for offline, online in zip(generator, real_time, strict=True):
+        assert torch.equal(offline.action, online.action) and torch.equal(offline.state_input, online.state_input)
+
+
+def test_observe_is_refused_where_it_means_nothing(joint, inputs_of):
+    model, processor = joint
+    inputs = inputs_of(model, processor)
+    with pytest.raises(ValueError, match="observe\\(\\) is for anticipatory feedback"):
+        stream = model.stream_actions(**inputs, feedback_mode="synchronous")
+        next(stream)
+        stream.observe(inputs["state"])
+    with pytest.raises(ValueError, match="observe\\(\\) before next\\(\\)"):
+        model.stream_actions(**inputs, feedback_mode="anticipatory").observe(inputs["state"])
+
+
 def test_feedback_rules_on_plain_tensors():
     predicted, observed = torch.tensor([1.0, 2.0]), torch.tensor([1.5, 1.0])
     assert torch.equal(SynchronousFeedback().state_input(predicted, observed), observed)

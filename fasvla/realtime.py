@@ -1,0 +1,247 @@
+"""Real-time streaming: a worker thread computes the streamed steps while the control loop acts on a fixed period.
+
+With control period P, step time c and state latency L (a state measured on the robot reaches the policy L later),
+the next step is queued on the worker when what it conditions on is known:
+
+    open_loop     as soon as the previous step is done: an action every P while c <= P
+    anticipatory  when the state measured before the previous action ran arrives, L after that action was sent
+                  (`observe` then `send(None)`): on time while L + c <= P
+    synchronous   when the state measured after the previous action arrives, P + L after it was sent: every
+                  action is L + c late
+
+Prefix pipelining: `prefix_lead` actions before a chunk ends, the next observation is taken and its prefix queued
+right behind the step in flight, so that the next chunk's first action is ready at the boundary when the prefix fits
+in the slack of those actions. Without it the robot halts at every boundary for a prefix and a step.
+
+Every action records when it was due (the previous one's send time + P), when the worker had it ready and when it
+was sent; an action ready after it was due is a deadline miss, counted, never hidden. Time comes from a clock
+object, so tests run the same loop on a simulated clock with modelled compute (`SimulatedWorker`).
+"""
+
+import functools
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+class SystemClock:
+    def now(self) -> float:
+        return time.perf_counter()
+
+    def sleep_until(self, t: float) -> None:
+        delay = t - self.now()
+        if delay > 0:
+            time.sleep(delay)
+
+
+class SimulatedClock:
+    """Time that passes only when someone waits: tests and simulated control loops."""
+
+    def __init__(self, start: float = 0.0):
+        self.t = start
+
+    def now(self) -> float:
+        return self.t
+
+    def sleep_until(self, t: float) -> None:
+        self.t = max(self.t, t)
+
+
+class ThreadWorker:
+    """Jobs run one after another on one background thread (one accelerator: steps and prefixes never overlap).
+    `submit` returns a future of (result, the clock time it was ready)."""
+
+    def __init__(self, clock):
+        self.clock = clock
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fasvla-stream")
+
+    def submit(self, kind: str, fn, *args) -> Future:
+        return self._thread.submit(self._timed, fn, args)
+
+    def _timed(self, fn, args):
+        with torch.no_grad():
+            value = fn(*args)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()  # ready means the action is on the host side of the queue, not merely queued
+        return value, self.clock.now()
+
+    def close(self) -> None:
+        self._thread.shutdown()
+
+
+class SimulatedWorker:
+    """A worker on a simulated clock: a job runs at once, but is ready `costs[kind]` seconds after the worker is
+    free, as one accelerator would have it (costs measured elsewhere, or made up by a test)."""
+
+    def __init__(self, clock: SimulatedClock, costs: dict[str, float]):
+        self.clock, self.costs = clock, costs
+        self.free_at = clock.now()
+        self.log: list[tuple[str, float, float]] = []  # (kind, start, ready)
+
+    def submit(self, kind: str, fn, *args) -> Future:
+        start = max(self.clock.now(), self.free_at)
+        self.free_at = start + self.costs[kind]
+        self.log.append((kind, start, self.free_at))
+        future = _WaitingFuture(self.clock, self.free_at)
+        future.set_result((fn(*args), self.free_at))
+        return future
+
+    def close(self) -> None:
+        pass
+
+
+class _WaitingFuture(Future):
+    """Its result is there once the simulated clock reaches the time it was ready."""
+
+    def __init__(self, clock, ready_at: float):
+        super().__init__()
+        self._clock, self._ready_at = clock, ready_at
+
+    def result(self, timeout=None):
+        self._clock.sleep_until(self._ready_at)
+        return super().result(timeout)
+
+
+class SimulatedRobot:
+    """A robot in time: each action runs for one period; the state measured when action j starts (at the end of
+    action j - 1) reaches the policy `latency_s` later. Dynamics: state[:d] += gain * action[:d], plus optional
+    pushes {action index: (d_s,) offset applied when that action starts}."""
+
+    def __init__(self, clock, images: list[np.ndarray], state: np.ndarray, period_s: float, latency_s: float,
+                 gain: float = 0.05, pushes: dict[int, np.ndarray] | None = None):
+        if period_s <= 0 or latency_s < 0:
+            raise ValueError(f"period_s must be > 0 and latency_s >= 0, got {period_s} and {latency_s}")
+        self.clock, self.images, self.period_s, self.latency_s = clock, images, period_s, latency_s
+        self.gain, self.pushes = gain, pushes or {}
+        self.states = [np.asarray(state, np.float32).copy()]  # states[j]: before action j
+        self.sent_at: list[float] = []
+        self.started = clock.now()
+
+    def observe(self) -> dict:
+        """The current images and the newest state (the observation a new chunk starts from)."""
+        return {"images": self.images, "state": self.states[-1]}
+
+    def execute(self, action: np.ndarray) -> None:
+        j = len(self.sent_at)
+        self.sent_at.append(self.clock.now())
+        state = self.states[j].copy()
+        width = min(len(action), len(state))
+        state[:width] += self.gain * np.asarray(action[:width], np.float32)
+        self.states.append(state + self.pushes.get(j + 1, 0.0))
+
+    def measured_at(self, j: int) -> float:
+        return self.started if j == 0 else self.sent_at[j - 1] + self.period_s
+
+    def state_before(self, j: int) -> np.ndarray:
+        """The state measured when action j starts; blocks until it arrives."""
+        self.clock.sleep_until(self.measured_at(j) + self.latency_s)
+        return self.states[j]
+
+
+@dataclass
+class ActionTiming:
+    index: int  # action number in the run
+    chunk: int
+    step: int  # within the chunk
+    due: float  # when the robot needed it: the previous action's send time + P
+    ready: float  # when the worker had computed it
+    sent: float  # when it went to the robot
+
+    @property
+    def missed(self) -> bool:
+        return self.ready > self.due
+
+
+class RealTimeRunner:
+    """Streams `num_chunks` chunks to a robot in real time (see the module docstring for the schedule).
+
+    robot: `observe()` -> {"images", "state"}, `execute(action)` (non-blocking), `state_before(j)` -> the state
+    measured when action j started (blocks until it arrives). `prefix_lead`: actions before a chunk's end at which the
+    next prefix is queued (None: no pipelining, observe once the chunk has executed).
+    """
+
+    def __init__(self, model, processor, task: str, robot, period_s: float, feedback_mode: str | None = None,
+                 n_action_steps: int | None = None, prefix_lead: int | None = 1, clock=None, worker=None):
+        self.model, self.processor, self.task, self.robot = model, processor, task, robot
+        self.streamer = model.episode_streamer(feedback_mode, n_action_steps=n_action_steps)
+        self.mode = feedback_mode or model.config.feedback_mode
+        self.steps = n_action_steps or model.config.n_action_steps
+        if prefix_lead is not None and not 1 <= prefix_lead < self.steps:
+            raise ValueError(f"prefix_lead must be None or in [1, {self.steps}), got {prefix_lead!r}")
+        if not period_s > 0:
+            raise ValueError(f"period_s must be > 0, got {period_s!r}")
+        self.period_s, self.prefix_lead = period_s, prefix_lead
+        self.clock = clock or SystemClock()
+        self.worker = worker or ThreadWorker(self.clock)
+        self.timings: list[ActionTiming] = []
+        self.streamed: list = []  # the StreamStep of every action sent
+
+    def run(self, num_chunks: int) -> list[ActionTiming]:
+        prefix, due = self._queue_prefix(), None
+        for chunk in range(num_chunks):
+            stream = self.streamer.start_prepared(prefix.result()[0])
+            job, prefix = self.worker.submit("step", next, stream), None
+            for k in range(self.steps):
+                step, ready = job.result()
+                due = ready if due is None else due  # the first action of the run is due when it exists
+                self.clock.sleep_until(due)
+                sent = self._send(step, chunk, k, due, ready)
+                due = sent + self.period_s
+                last_chunk = chunk == num_chunks - 1
+                if k < self.steps - 1:
+                    job = self._queue_step(stream, len(self.timings) - 1)
+                if not last_chunk and self.prefix_lead is not None and k == self.steps - 1 - self.prefix_lead:
+                    prefix = self._queue_prefix()
+            if prefix is None and chunk < num_chunks - 1:  # no pipelining: the next observation follows the chunk
+                self.clock.sleep_until(due)
+                prefix = self._queue_prefix()
+        return self.timings
+
+    def _send(self, step, chunk: int, k: int, due: float, ready: float) -> float:
+        sent = self.clock.now()
+        self.robot.execute(step.action[0].float().cpu().numpy())
+        self.timings.append(ActionTiming(len(self.timings), chunk, k, due, ready, sent))
+        self.streamed.append(step)
+        return sent
+
+    def _queue_step(self, stream, sent_index: int) -> Future:
+        """The job of the next step, queued once what it conditions on has arrived."""
+        if self.mode == "open_loop":
+            return self.worker.submit("step", stream.send, None)
+        if self.mode == "anticipatory":
+            measured = _batch(self.robot.state_before(sent_index))
+            return self.worker.submit("step", _observe_then_step, stream, measured)
+        measured = _batch(self.robot.state_before(sent_index + 1))  # synchronous: after the action just sent
+        return self.worker.submit("step", stream.send, measured)
+
+    def _queue_prefix(self) -> Future:
+        observation = self.robot.observe()
+        inputs = self.processor(images=observation["images"], text=self.task, state=observation["state"])
+        inputs = {key: value.to(self.model.device) for key, value in inputs.items()}
+        return self.worker.submit("prefix", functools.partial(self.streamer.prepare, **inputs))
+
+    def close(self) -> None:
+        self.worker.close()
+
+
+def _observe_then_step(stream, measured: torch.Tensor):
+    stream.observe(measured)
+    return stream.send(None)
+
+
+def _batch(state) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(state, np.float32))[None]
+
+
+def timing_summary(timings: list[ActionTiming], period_s: float) -> dict:
+    """Inter-action gaps (p50/p99, ms), deadline misses, and the halt at chunk boundaries (ms over the period)."""
+    sent = np.array([t.sent for t in timings])
+    gaps = np.diff(sent) * 1000
+    boundary = np.array([t.step == 0 for t in timings[1:]])
+    halts = gaps[boundary] - 1000 * period_s if boundary.any() else np.zeros(1)
+    return {"gap_p50_ms": float(np.percentile(gaps, 50)), "gap_p99_ms": float(np.percentile(gaps, 99)),
+            "misses": int(sum(t.missed for t in timings[1:])), "actions": len(timings),
+            "boundary_halt_ms": float(np.mean(np.maximum(halts, 0)))}
