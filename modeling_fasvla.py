@@ -558,9 +558,6 @@ class FasVLAForActionPrediction(FasVLAPreTrainedModel):
             cumulative_action: (B, d_a) robot units, the sum of the actions executed so far in the episode.
             n_action_steps: steps of this chunk, in [1, chunk_size] (default: the config's).
         """
-        if self.config.objective == "chunk":
-            raise ValueError("stream_actions needs a streaming objective ('stream' or 'stream_joint'); this model "
-                             "has objective='chunk': use predict_action_chunk.")
         options = stream_options(self.config, feedback_mode, feedback_gain, n_action_steps)
         cache = self.encode_observation(pixel_values, input_ids, attention_mask, state, image_masks)
         return ActionStream(self, cache, state, cumulative_action, options)

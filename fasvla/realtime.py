@@ -57,15 +57,15 @@ class ThreadWorker:
     def __init__(self, clock):
         self.clock = clock
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fasvla-stream")
+        # ready means computed, not merely queued on the accelerator
+        self._synchronize = torch.cuda.synchronize if torch.cuda.is_available() else lambda: None
 
     def submit(self, kind: str, fn, *args) -> Future:
         return self._thread.submit(self._timed, fn, args)
 
     def _timed(self, fn, args):
-        with torch.no_grad():
-            value = fn(*args)
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()  # ready means the action is on the host side of the queue, not merely queued
+        value = fn(*args)  # steps and prefixes run without autograd already
+        self._synchronize()
         return value, self.clock.now()
 
     def close(self) -> None:
@@ -190,12 +190,12 @@ class RealTimeRunner:
                 self.clock.sleep_until(due)
                 sent = self._send(step, chunk, k, due, ready)
                 due = sent + self.period_s
-                last_chunk = chunk == num_chunks - 1
+                more_chunks = chunk < num_chunks - 1
                 if k < self.steps - 1:
                     job = self._queue_step(stream, len(self.timings) - 1)
-                if not last_chunk and self.prefix_lead is not None and k == self.steps - 1 - self.prefix_lead:
+                if more_chunks and self.prefix_lead is not None and k == self.steps - 1 - self.prefix_lead:
                     prefix = self._queue_prefix()
-            if prefix is None and chunk < num_chunks - 1:  # no pipelining: the next observation follows the chunk
+            if self.prefix_lead is None and chunk < num_chunks - 1:  # the next observation follows the chunk
                 self.clock.sleep_until(due)
                 prefix = self._queue_prefix()
         return self.timings

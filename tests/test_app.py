@@ -259,7 +259,7 @@ def test_live_runs_need_a_runner(app):
 
 
 def _progress(step: int, final: bool = False) -> LiveProgress:
-    return LiveProgress(step, [], None, result=object() if final else None)
+    return LiveProgress(step, [], None, None, result=object() if final else None)
 
 
 def test_the_viewer_skips_to_the_newest_report_but_never_past_the_last():

@@ -17,16 +17,22 @@ from fasvla.libero.env import CONTROL_FREQUENCY, SUITE_MAX_STEPS
 from fasvla.libero.evaluation import EpisodeJob, EpisodeResult, EpisodeRun, episode_seed, make_env
 from fasvla.libero.perturbations import Perturbation
 from fasvla.libero.policy import make_controller
-from fasvla.libero.recording import ACTION_NAMES, STATE_NAMES
+from fasvla.libero.recording import ACTION_NAMES, STATE_NAMES, EpisodeRecorder
 
 
 @dataclass
 class LiveProgress:
     step: int  # policy steps taken so far
     images: list[np.ndarray]  # the cameras' newest frames, (H, W, 3) uint8
-    episode: EpisodeData  # everything recorded so far
+    recorder: EpisodeRecorder  # the episode's recording (it grows while the episode runs)
+    rollout: Rollout  # how the episode is labelled
     result: EpisodeResult | None = None  # set on the last report
     recording: Path | None = None  # where the episode was saved (last report)
+
+    @property
+    def episode(self) -> EpisodeData:
+        """The first `step` steps recorded, as the app's arrays: built only for the reports someone looks at."""
+        return recorded_episode(self.recorder, self.rollout, self.step)
 
 
 class LiveRunner:
@@ -58,12 +64,11 @@ class LiveRunner:
             rollout = Rollout("live", "live", self.record_dir, 0, env.task_language, 0, job.suite, job.task_id,
                               job.trial, run.init_state_id, None, mode, perturbation.describe(), self.model_name)
             for observation, _, _ in run:
-                reports.put(LiveProgress(run.steps, observation.images, recorded_episode(run.recorder, rollout)))
+                reports.put(LiveProgress(run.steps, observation.images, run.recorder, rollout))
             result = run.result(mode)
             folder = _unused(self.record_dir / job.name)
             result.recording = str(run.save(result, folder, self.model_name))
-            reports.put(LiveProgress(run.steps, observation.images, recorded_episode(run.recorder, rollout), result,
-                                     folder))
+            reports.put(LiveProgress(run.steps, observation.images, run.recorder, rollout, result, folder))
         finally:
             reports.put(None)
 
@@ -82,10 +87,11 @@ class LiveRunner:
         self.simulator.shutdown()
 
 
-def recorded_episode(recorder, rollout: Rollout) -> EpisodeData:
-    """What an `EpisodeRecorder` holds so far, as the app's episode arrays."""
-    frames = {key: np.stack(values) for key, values in recorder.frames.items() if values}
-    images = {camera: list(recorder.frames[camera]) for camera in recorder.cameras}
+def recorded_episode(recorder: EpisodeRecorder, rollout: Rollout, steps: int) -> EpisodeData:
+    """The first `steps` steps an `EpisodeRecorder` holds, as the app's episode arrays (the recorder may grow
+    meanwhile on the simulator's thread: only complete steps are read)."""
+    frames = {key: np.stack(values[:steps]) for key, values in recorder.frames.items()}
+    images = {camera: recorder.frames[camera][:steps] for camera in recorder.cameras}
     return EpisodeData(rollout=rollout, fps=float(CONTROL_FREQUENCY), states=frames["observation.state"], actions=frames["action"],
                        policy_actions=frames["policy.action"], predicted_states=frames["policy.predicted_state"],
                        state_inputs=frames["policy.state_input"], latency_ms=frames["policy.latency_ms"],

@@ -121,9 +121,15 @@ class RolloutCatalog:
                 problems[source] = unreadable
         return cls(list(sources), folders, rollouts, problems)
 
-    def rescanned(self) -> "RolloutCatalog":
-        """The same sources scanned again (after a new recording)."""
-        return RolloutCatalog.scan(self.requested)
+    def rescanned(self, source: str) -> "RolloutCatalog":
+        """The catalog with one source scanned again (after a new recording in it), the others as they were."""
+        if source not in self.sources:
+            raise RolloutError(f"source must be one of {list(self.sources)}, got {source!r}")
+        found, unreadable = _scan_folder(source, self.sources[source])
+        rollouts = [r for r in self.rollouts if r.source != source] + found
+        problems = {s: p for s, p in self.problems.items() if s != source} | ({source: unreadable} if unreadable
+                                                                              else {})
+        return RolloutCatalog(self.requested, self.sources, rollouts, problems)
 
     def get(self, rollout_id: str) -> Rollout:
         if rollout_id not in self._by_id:

@@ -84,14 +84,12 @@ class ReplayApp:
         slider = gr.Slider(minimum=0, maximum=max(a.num_steps, b.num_steps) - 1, value=0, step=1)
         header = f"**A** {_summary(a)}\n\n**B** {_summary(b)}"
         return (header, self.catalog.video(a, camera), self.catalog.video(b, camera), slider,
-                *self.compare_step(id_a, id_b, camera_index, state_dims, 0))
+                *_comparison_at(a, b, camera, state_dims, 0))
 
     def compare_step(self, id_a: str, id_b: str, camera_index: int, state_dims: list[int], step: int):
         """-> frames of A and B at `step` (each episode's last frame once it has ended) and the figure."""
         a, b = self._pair(id_a, id_b)
-        camera = _camera(a, camera_index)
-        frames = [e.frame(camera, min(_valid_step(step, a, b), e.num_steps - 1)) for e in (a, b)]
-        return (*frames, comparison_figure(a, b, _valid_dims(state_dims, a), step))
+        return _comparison_at(a, b, _camera(a, camera_index), state_dims, _valid_step(step, a, b))
 
     def _pair(self, id_a: str, id_b: str) -> tuple[EpisodeData, EpisodeData]:
         if id_b not in {r.id for r in self.catalog.comparable(id_a)}:
@@ -119,7 +117,7 @@ class ReplayApp:
             if progress.result is not None:
                 outcome = "success" if progress.result.success else "no success"
                 status = f"{outcome} after {progress.step} steps; recorded in `{progress.recording}`"
-                self.catalog = self.catalog.rescanned()  # the new recording joins the record folder's source
+                self.catalog = self.catalog.rescanned(str(self.runner.record_dir))  # the new recording joins it
             figure = episode_figure(progress.episode, DEFAULT_STATE_DIMS, progress.step - 1)
             yield (status, *_pad(progress.images[:2]), figure)
 
@@ -250,6 +248,11 @@ def _valid_step(step, *episodes: EpisodeData) -> int:
     if step is None or not 0 <= int(step) <= last:
         raise RolloutError(f"step must be in [0, {last}], got {step!r}")
     return int(step)
+
+
+def _comparison_at(a: EpisodeData, b: EpisodeData, camera: str, state_dims, step: int) -> tuple:
+    frames = [e.frame(camera, min(step, e.num_steps - 1)) for e in (a, b)]
+    return (*frames, comparison_figure(a, b, _valid_dims(state_dims, a), step))
 
 
 def _camera(episode: EpisodeData, index: int) -> str:
