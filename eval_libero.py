@@ -2,11 +2,14 @@
 
     python eval_libero.py --model <folder or Hub id> --task_suite_name libero_object --num_trials_per_task 50
     python eval_libero.py --model ... --feedback_mode synchronous --push_step 40 --push_force 0 80 0
+    python eval_libero.py --model ... --real_time --state_latency_ms 20   # the real-time runner, simulated clock
     accelerate launch --multi_gpu --num_processes 4 eval_libero.py ...   # episodes sharded over processes/GPUs
 
 Protocol (DESIGN.md section 7): the four suites, trial i starts from the task's fixed init state i, seed 7, 10 wait
 steps, suite step limits 220 / 280 / 300 / 520, cameras rotated 180 degrees. Streaming models run `stream_actions`
-with the chosen feedback mode; chunk models plan H actions and execute `n_action_steps` of them.
+with the chosen feedback mode; chunk models plan H actions and execute `n_action_steps` of them. By default the
+simulator waits for the policy (lockstep); `--real_time` runs streaming models under the real-time runner instead,
+where slow compute and state latency cost held steps (fasvla/libero/realtime.py).
 
 Writes to --output_dir: `rollouts/<suite>/task_NN/trial_NNN/` (one LeRobot v3.0 dataset per episode, written when
 the episode ends), `results_rank*.jsonl` (one line per episode, appended as they finish), and at the end
@@ -29,6 +32,7 @@ from fasvla.distributed import cpu_process_group_needed
 from fasvla.libero.env import SUITE_MAX_STEPS
 from fasvla.libero.evaluation import EpisodeJob, EpisodeResult, evaluate_jobs, markdown_table, summarize
 from fasvla.libero.perturbations import Perturbation
+from fasvla.libero.realtime import RealTimeOptions
 from fasvla.training import load_model_and_processor
 
 _WORKER = {}  # the model of a worker process, loaded once by `_load_worker`
@@ -60,10 +64,30 @@ def parse_args(argv=None):
     disturb.add_argument("--push_step", type=int, default=None)
     disturb.add_argument("--push_force", type=float, nargs=3, default=(0.0, 0.0, 0.0), metavar=("FX", "FY", "FZ"))
     disturb.add_argument("--push_steps", type=int, default=2)
+    timing = p.add_argument_group("real time (streaming models; fasvla/libero/realtime.py)")
+    timing.add_argument("--real_time", action="store_true",
+                        help="run the real-time runner on a simulated clock: 50 ms control ticks, the compute "
+                             "charged its time, the arm held when no action is ready")
+    timing.add_argument("--state_latency_ms", type=float, default=10.0)
+    timing.add_argument("--compute_ms", type=float, nargs=2, default=None, metavar=("STEP", "PREFIX"),
+                        help="charge these costs instead of the measured ones (another machine's figures)")
+    timing.add_argument("--prefix_lead", type=int, default=1,
+                        help="actions before a chunk's end at which the next prefix starts; 0: no pipelining")
     args = p.parse_args(argv)
     if args.num_trials_per_task < 1 or args.num_workers < 1:
         p.error("--num_trials_per_task and --num_workers must be >= 1")
+    try:
+        args.real_time_options = real_time_options(args)
+    except ValueError as error:
+        p.error(str(error))
     return args
+
+
+def real_time_options(args) -> RealTimeOptions | None:
+    if not args.real_time:
+        return None
+    costs = None if args.compute_ms is None else {"step": args.compute_ms[0] / 1000, "prefix": args.compute_ms[1] / 1000}
+    return RealTimeOptions(args.state_latency_ms / 1000, costs, args.prefix_lead or None)
 
 
 def make_jobs(args) -> list[list[EpisodeJob]]:
@@ -95,6 +119,7 @@ def episode_options(args, model_name: str) -> dict:
     return {"resolution": args.resolution, "seed": args.seed, "feedback_mode": args.feedback_mode,
             "n_action_steps": args.n_action_steps, "perturbation": perturbation, "model_name": model_name,
             "gripper_close_sign": args.gripper_close_sign, "max_steps": args.max_steps,
+            "real_time": args.real_time_options,
             "recording_root": None if args.no_record else Path(args.output_dir) / "rollouts"}
 
 
@@ -155,10 +180,14 @@ def write_summary(output_dir: Path, args, wall_s: float) -> dict:
                       "perturbation": results[0].perturbation if results else None}
     (output_dir / "results.json").write_text(json.dumps({"summary": summary, "episodes": [asdict(r) for r in
                                                                                             results]}, indent=2))
-    title = f"LIBERO: {args.model} ({args.feedback_mode or 'model default'}, {args.resolution} px)"
+    mode = args.feedback_mode or "model default"
+    if args.real_time:
+        mode += f", real time: state latency {args.state_latency_ms:g} ms, " + (
+            f"compute {args.compute_ms[0]:g} / {args.compute_ms[1]:g} ms" if args.compute_ms else "measured compute")
+    title = f"LIBERO: {args.model} ({mode}, {args.resolution} px)"
     footer = (f"\n{summary['run']['steps_per_s']:.2f} steps per second inside episodes (policy + environment), "
               f"{len(results)} episodes in {wall_s:.0f} s of wall time including environment construction\n")
-    (output_dir / "results.md").write_text(markdown_table(summary, title) + footer)
+    (output_dir / "results.md").write_text(markdown_table(summary, title, args.real_time) + footer)
     print((output_dir / "results.md").read_text())
     return summary
 

@@ -51,6 +51,7 @@ try:
         transition_mask,
     )
     from .normalization_fasvla import Normalizer
+    from .static_step_fasvla import StaticStreamStep
     from .streaming_fasvla import ActionStream, EpisodeStreamer, stream_options
 except ImportError:
     from configuration_fasvla import FasVLAConfig
@@ -68,6 +69,7 @@ except ImportError:
         transition_mask,
     )
     from normalization_fasvla import Normalizer
+    from static_step_fasvla import StaticStreamStep
     from streaming_fasvla import ActionStream, EpisodeStreamer, stream_options
 
 
@@ -308,6 +310,7 @@ class FasVLAForActionPrediction(FasVLAPreTrainedModel):
 
         self.normalizer = Normalizer(config)
         self._suffix_layout = chunk_suffix_layout if config.objective == "chunk" else query_suffix_layout
+        self._static_step = None  # see use_static_step
         self.post_init()
 
     # -- prefix ---------------------------------------------------------------------------------------------------
@@ -410,15 +413,37 @@ class FasVLAForActionPrediction(FasVLAPreTrainedModel):
         S tokens follow the objective's suffix layout (a causal chunk, or independent queries). Returned in float32
         (float64 for a float64 model): the one place where the flow state leaves the model dtype.
         """
-        length = x_t.shape[1]
-        if length not in cache.suffix_context:
-            cache.suffix_context[length] = self._suffix_context(cache, length)
-        masks, rope = cache.suffix_context[length]
+        masks, rope = self.suffix_context(cache, x_t.shape[1])
+        return self.expert_velocity(cache.keys, cache.values, masks, rope, x_t, time)
+
+    def use_static_step(self, batch: int | None = 1, mode: str | None = None) -> None:
+        """Run the one-token streamed steps of batch `batch` through a compiled step on a static prefix cache
+        (static_step_fasvla.py; CUDA graphs on a GPU). `batch=None` goes back to the eager step."""
+        self._static_step = None if batch is None else StaticStreamStep(self, batch, mode)
+
+    def stream_velocity(self, cache: PrefixCache, x_t: torch.Tensor, time: torch.Tensor) -> torch.Tensor:
+        """`velocity` of one streamed token (B, 1, D), through the static step when one is in use for batch B."""
+        step = self._static_step
+        if step is None or x_t.shape[0] != step.batch:
+            return self.velocity(cache, x_t, time)
+        if step.loaded is not cache:
+            step.load_prefix(cache)
+        return step(x_t, time)
+
+    def expert_velocity(self, keys, values, masks, rope, x_t: torch.Tensor, time: torch.Tensor) -> torch.Tensor:
+        """`velocity` from the prefix's keys/values and the suffix context: tensors only, so that a static copy of
+        them can be compiled and replayed as one graph (fasvla/fast_step.py)."""
         h = self.embed_suffix(x_t, time)
-        for index, (k, v) in enumerate(zip(cache.keys, cache.values)):
+        for index, (k, v) in enumerate(zip(keys, values)):
             h = self.expert.layer_forward(index, h, k, v, masks, rope)
         v_t = self.action_out_proj(self.expert.norm(h))
         return v_t.to(torch.promote_types(v_t.dtype, torch.float32))
+
+    def suffix_context(self, cache: PrefixCache, length: int):
+        """(masks, rope) of `length` suffix tokens against this prefix, memoised in the cache."""
+        if length not in cache.suffix_context:
+            cache.suffix_context[length] = self._suffix_context(cache, length)
+        return cache.suffix_context[length]
 
     def _suffix_context(self, cache: PrefixCache, length: int):
         """The (self, cross) attention masks and rotary angles of `length` suffix tokens against this prefix."""

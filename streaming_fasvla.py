@@ -193,7 +193,7 @@ class ActionStream(Generator):
         parts = [self._accumulated] + ([self._state_input] if self._joint else [])
         x = torch.cat(parts, dim=-1)
         x = F.pad(x, (0, self._model.config.max_action_dim - x.shape[-1]))[:, None]  # (B, 1, D)
-        delta = self._model.velocity(self._cache, x, self._taus[k])[:, 0] / self._chunk_size  # (B, D)
+        delta = self._model.stream_velocity(self._cache, x, self._taus[k])[:, 0] / self._chunk_size  # (B, D)
         delta_action = delta[:, : self._action_dim]
         self._accumulated = self._accumulated + delta_action
         self._index += 1

@@ -41,7 +41,7 @@ def run_loop(model, processor, mode: str, period_s: float, latency_s: float, chu
     runner = RealTimeRunner(model, processor, "pick up the cube", robot, period_s, mode, prefix_lead=prefix_lead,
                             clock=clock, worker=worker)
     try:
-        return timing_summary(runner.run(chunks), period_s)
+        return timing_summary(runner.run(chunks), period_s, prefix_lead or 0)
     finally:
         runner.close()
 

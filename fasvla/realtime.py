@@ -19,9 +19,12 @@ object, so tests run the same loop on a simulated clock with modelled compute (`
 """
 
 import functools
+import itertools
 import time
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -50,9 +53,17 @@ class SimulatedClock:
         self.t = max(self.t, t)
 
 
+class Done(NamedTuple):
+    """A finished job: its value and the clock times its compute started and ended."""
+
+    value: object
+    started: float
+    ready: float
+
+
 class ThreadWorker:
     """Jobs run one after another on one background thread (one accelerator: steps and prefixes never overlap).
-    `submit` returns a future of (result, the clock time it was ready)."""
+    `submit` returns a future of `Done`."""
 
     def __init__(self, clock):
         self.clock = clock
@@ -63,10 +74,11 @@ class ThreadWorker:
     def submit(self, kind: str, fn, *args) -> Future:
         return self._thread.submit(self._timed, fn, args)
 
-    def _timed(self, fn, args):
+    def _timed(self, fn, args) -> Done:
+        started = self.clock.now()
         value = fn(*args)  # steps and prefixes run without autograd already
         self._synchronize()
-        return value, self.clock.now()
+        return Done(value, started, self.clock.now())
 
     def close(self) -> None:
         self._thread.shutdown()
@@ -74,19 +86,27 @@ class ThreadWorker:
 
 class SimulatedWorker:
     """A worker on a simulated clock: a job runs at once, but is ready `costs[kind]` seconds after the worker is
-    free, as one accelerator would have it (costs measured elsewhere, or made up by a test)."""
+    free, as one accelerator would have it. Costs are measured elsewhere (one figure, or samples charged in turn) or
+    made up by a test; `costs=None` charges each job the wall time it took here (a simulator that is slower than
+    real time then still sees this machine's compute)."""
 
-    def __init__(self, clock: SimulatedClock, costs: dict[str, float]):
-        self.clock, self.costs = clock, costs
+    def __init__(self, clock: SimulatedClock, costs: dict[str, float | Sequence[float]] | None = None):
+        self.clock = clock
+        # a sequence of costs (measured samples) is charged in turn, cyclically
+        self.costs = None if costs is None else {kind: itertools.cycle(np.atleast_1d(cost).tolist())
+                                                 for kind, cost in costs.items()}
         self.free_at = clock.now()
         self.log: list[tuple[str, float, float]] = []  # (kind, start, ready)
 
     def submit(self, kind: str, fn, *args) -> Future:
+        wall = time.perf_counter()
+        value = fn(*args)
+        cost = time.perf_counter() - wall if self.costs is None else next(self.costs[kind])
         start = max(self.clock.now(), self.free_at)
-        self.free_at = start + self.costs[kind]
+        self.free_at = start + cost
         self.log.append((kind, start, self.free_at))
         future = _WaitingFuture(self.clock, self.free_at)
-        future.set_result((fn(*args), self.free_at))
+        future.set_result(Done(value, start, self.free_at))
         return future
 
     def close(self) -> None:
@@ -110,6 +130,8 @@ class SimulatedRobot:
     action j - 1) reaches the policy `latency_s` later. Dynamics: state[:d] += gain * action[:d], plus optional
     pushes {action index: (d_s,) offset applied when that action starts}."""
 
+    done = False  # it runs as long as it is sent actions
+
     def __init__(self, clock, images: list[np.ndarray], state: np.ndarray, period_s: float, latency_s: float,
                  gain: float = 0.05, pushes: dict[int, np.ndarray] | None = None):
         if period_s <= 0 or latency_s < 0:
@@ -121,22 +143,27 @@ class SimulatedRobot:
         self.started = clock.now()
 
     def observe(self) -> dict:
-        """The current images and the newest state (the observation a new chunk starts from)."""
-        return {"images": self.images, "state": self.states[-1]}
+        """The images and the newest state measured by now (the observation a new chunk starts from), once it
+        arrives."""
+        j = max(j for j in range(len(self.states)) if self.measured_at(j) <= self.clock.now())
+        return {"images": self.images, "state": self.state_before(j)}
 
-    def execute(self, action: np.ndarray) -> None:
+    def execute(self, action: np.ndarray) -> float:
+        """Starts the action now and returns when it started."""
         j = len(self.sent_at)
         self.sent_at.append(self.clock.now())
         state = self.states[j].copy()
         width = min(len(action), len(state))
         state[:width] += self.gain * np.asarray(action[:width], np.float32)
         self.states.append(state + self.pushes.get(j + 1, 0.0))
+        return self.sent_at[j]
 
     def measured_at(self, j: int) -> float:
+        """When action j was due to start: the end of action j - 1's period."""
         return self.started if j == 0 else self.sent_at[j - 1] + self.period_s
 
     def state_before(self, j: int) -> np.ndarray:
-        """The state measured when action j starts; blocks until it arrives."""
+        """The state measured at `measured_at(j)`; blocks until it arrives."""
         self.clock.sleep_until(self.measured_at(j) + self.latency_s)
         return self.states[j]
 
@@ -148,7 +175,8 @@ class ActionTiming:
     step: int  # within the chunk
     due: float  # when the robot needed it: the previous action's send time + P
     ready: float  # when the worker had computed it
-    sent: float  # when it went to the robot
+    sent: float  # when the robot started it
+    compute: float  # seconds the worker spent on its step
 
     @property
     def missed(self) -> bool:
@@ -156,11 +184,14 @@ class ActionTiming:
 
 
 class RealTimeRunner:
-    """Streams `num_chunks` chunks to a robot in real time (see the module docstring for the schedule).
+    """Streams chunks to a robot in real time (see the module docstring for the schedule).
 
-    robot: `observe()` -> {"images", "state"}, `execute(action)` (non-blocking), `state_before(j)` -> the state
-    measured when action j started (blocks until it arrives). `prefix_lead`: actions before a chunk's end at which the
-    next prefix is queued (None: no pipelining, observe once the chunk has executed).
+    robot: `observe()` -> {"images", "state"} (the newest, once arrived); `execute(action)` starts an action without
+    waiting for it and returns the clock time it started (a robot with a fixed control tick starts it at its next
+    tick); `state_before(j)` -> the state measured when action j was due, at the end of action j - 1's period (blocks
+    until it arrives); `done`: the episode is over.
+    `prefix_lead`: actions before a chunk's end at which the next prefix is queued (None: no pipelining, observe once
+    the chunk has executed).
     """
 
     def __init__(self, model, processor, task: str, robot, period_s: float, feedback_mode: str | None = None,
@@ -179,34 +210,48 @@ class RealTimeRunner:
         self.timings: list[ActionTiming] = []
         self.streamed: list = []  # the StreamStep of every action sent
 
-    def run(self, num_chunks: int) -> list[ActionTiming]:
-        prefix, due = self._queue_prefix(), None
-        for chunk in range(num_chunks):
-            stream = self.streamer.start_prepared(prefix.result()[0])
-            job, prefix = self.worker.submit("step", next, stream), None
-            for k in range(self.steps):
-                step, ready = job.result()
-                due = ready if due is None else due  # the first action of the run is due when it exists
-                self.clock.sleep_until(due)
-                sent = self._send(step, chunk, k, due, ready)
-                due = sent + self.period_s
-                more_chunks = chunk < num_chunks - 1
-                if k < self.steps - 1:
-                    job = self._queue_step(stream, len(self.timings) - 1)
-                if more_chunks and self.prefix_lead is not None and k == self.steps - 1 - self.prefix_lead:
-                    prefix = self._queue_prefix()
-            if self.prefix_lead is None and chunk < num_chunks - 1:  # the next observation follows the chunk
-                self.clock.sleep_until(due)
-                prefix = self._queue_prefix()
+    def run(self, num_chunks: int | None = None) -> list[ActionTiming]:
+        """Every action until `num_chunks` chunks have streamed or the robot is done."""
+        for _ in self.actions(num_chunks):
+            pass
         return self.timings
 
-    def _send(self, step, chunk: int, k: int, due: float, ready: float) -> float:
-        sent = self.clock.now()
-        self.robot.execute(step.action[0].float().cpu().numpy())
-        self.timings.append(ActionTiming(len(self.timings), chunk, k, due, ready, sent))
-        self.streamed.append(step)
-        return sent
+    def actions(self, num_chunks: int | None = None):
+        """The same loop, yielding the `ActionTiming` of each action once the robot has started it."""
+        if num_chunks is not None and not (isinstance(num_chunks, int) and num_chunks >= 1):
+            raise ValueError(f"num_chunks must be None or an integer >= 1, got {num_chunks!r}")
+        prefix, due, chunk = self._queue_prefix(), None, 0
+        while True:
+            last_chunk = num_chunks is not None and chunk == num_chunks - 1
+            stream = self.streamer.start_prepared(prefix.result().value)
+            job, prefix = self.worker.submit("step", next, stream), None
+            for k in range(self.steps):
+                done = job.result()
+                due = done.ready if due is None else due  # the first action of the run is due when it exists
+                self.clock.sleep_until(due)
+                timing = self._send(done, chunk, k, due)
+                yield timing
+                if self.robot.done:
+                    return
+                due = timing.sent + self.period_s
+                if k < self.steps - 1:
+                    job = self._queue_step(stream, timing.index)
+                if not last_chunk and self.prefix_lead is not None and k == self.steps - 1 - self.prefix_lead:
+                    prefix = self._queue_prefix()
+            if last_chunk:
+                return
+            if prefix is None:  # no pipelining: the next observation follows the chunk
+                self.clock.sleep_until(due)
+                prefix = self._queue_prefix()
+            chunk += 1
 
+    def _send(self, done: Done, chunk: int, k: int, due: float) -> ActionTiming:
+        step = done.value
+        sent = self.robot.execute(step.action[0].float().cpu().numpy())
+        timing = ActionTiming(len(self.timings), chunk, k, due, done.ready, sent, done.ready - done.started)
+        self.timings.append(timing)
+        self.streamed.append(step)
+        return timing
     def _queue_step(self, stream, sent_index: int) -> Future:
         """The job of the next step, queued once what it conditions on has arrived."""
         if self.mode == "open_loop":
@@ -236,12 +281,17 @@ def _batch(state) -> torch.Tensor:
     return torch.as_tensor(np.asarray(state, np.float32))[None]
 
 
-def timing_summary(timings: list[ActionTiming], period_s: float) -> dict:
-    """Inter-action gaps (p50/p99, ms), deadline misses, and the halt at chunk boundaries (ms over the period)."""
+def timing_summary(timings: list[ActionTiming], period_s: float, window: int = 0) -> dict:
+    """Inter-action gaps (p50/p99, ms), deadline misses, and the halt at chunk boundaries: the time the `window`
+    actions before a boundary and the boundary action took beyond as many typical in-chunk gaps (ms, the mean over
+    boundaries). Pass the prefix lead as `window`: a prefix queued that early may delay the chunk's last steps (one
+    worker) rather than the boundary action."""
     sent = np.array([t.sent for t in timings])
     gaps = np.diff(sent) * 1000
-    boundary = np.array([t.step == 0 for t in timings[1:]])
-    halts = gaps[boundary] - 1000 * period_s if boundary.any() else np.zeros(1)
+    in_chunk = np.array([t.step > 0 for t in timings[1:]])
+    typical = float(np.median(gaps[in_chunk])) if in_chunk.any() else 1000 * period_s
+    boundaries = [t.index for t in timings[window + 1:] if t.step == 0]
+    halts = [1000 * (sent[i] - sent[i - 1 - window]) - (window + 1) * typical for i in boundaries]
     return {"gap_p50_ms": float(np.percentile(gaps, 50)), "gap_p99_ms": float(np.percentile(gaps, 99)),
             "misses": int(sum(t.missed for t in timings[1:])), "actions": len(timings),
-            "boundary_halt_ms": float(np.mean(np.maximum(halts, 0)))}
+            "boundary_halt_ms": float(np.mean(np.maximum(halts, 0))) if halts else 0.0}

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from fasvla.libero.env import Observation
-from fasvla.libero.evaluation import EpisodeJob
+from fasvla.libero.episode import EpisodeJob
 from fasvla.libero.policy import PolicyOutput
 from fasvla.libero.recording import EpisodeRecorder
 

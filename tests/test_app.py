@@ -14,7 +14,7 @@ from fasvla.app.ui import ReplayApp
 from fasvla.data.lerobot_dataset import LeRobotDataset
 from fasvla.data.video import VideoDecoder
 from fasvla.data.writer import EpisodeRecord, write_lerobot_dataset
-from fasvla.libero.evaluation import EpisodeJob
+from fasvla.libero.episode import EpisodeJob
 from fasvla.libero.recording import STATE_NAMES, rollout_features
 from rollouts import TASK, frame_value, write_evaluation, write_rollout
 

@@ -14,7 +14,7 @@ from fasvla.tiny import fake_observation, fake_targets, tiny_model_and_processor
 
 ROOT = Path(__file__).resolve().parents[1]
 REMOTE_CODE = ["configuration_fasvla.py", "modeling_fasvla.py", "processing_fasvla.py", "flow_fasvla.py",
-               "normalization_fasvla.py", "streaming_fasvla.py"]
+               "normalization_fasvla.py", "static_step_fasvla.py", "streaming_fasvla.py"]
 
 
 def _outputs(model, processor, seed=0) -> dict:

@@ -11,7 +11,7 @@ import torch
 import eval_libero
 from fasvla.data.lerobot_dataset import LeRobotDataset
 from fasvla.libero.env import WAIT_ACTION, WAIT_STEPS, LiberoEnv, to_env_action
-from fasvla.libero.evaluation import EpisodeJob, run_episode
+from fasvla.libero.episode import EpisodeJob, EpisodeRun, run_episode
 from fasvla.libero.perturbations import Perturbation
 from fasvla.libero.policy import StreamingController
 from fasvla.tiny import tiny_model_and_processor
@@ -56,8 +56,8 @@ def test_a_recorded_episode_holds_what_the_policy_saw_and_the_simulator_received
     act = controller.act
     controller.act = lambda observation: seen.append(observation) or act(observation)
     env.sent_actions.clear()
-    result = run_episode(env, controller, EpisodeJob("libero_object", 0, trial=1), Perturbation(), seed=0,
-                         recording_root=tmp_path, feedback_mode="anticipatory", model_name="tiny")
+    run = EpisodeRun(env, controller, EpisodeJob("libero_object", 0, trial=1), Perturbation(), seed=0)
+    result = run_episode(run, recording_root=tmp_path, feedback_mode="anticipatory", model_name="tiny")
     assert result.steps == STEPS and not result.success and result.init_state_id == 1
     dataset = LeRobotDataset(result.recording)
     policy_actions = env.sent_actions[WAIT_STEPS:]
@@ -124,3 +124,24 @@ def test_episodes_are_sharded_over_two_processes(model, tmp_path):
                 for r in range(2)]
     assert sorted(per_rank) == [[0], [1]]  # each process ran one task, none ran both
     assert json.loads((tmp_path / "eval" / "results.json").read_text())["summary"]["overall"]["episodes"] == 2
+
+
+def test_the_evaluation_runs_in_real_time_on_the_simulator(model, tmp_path):
+    network, processor = model
+    network.save_pretrained(tmp_path / "model")
+    processor.save_pretrained(tmp_path / "model")
+    common = ["--model", str(tmp_path / "model"), "--task_suite_name", "libero_object", "--task_ids", "0",
+              "--num_trials_per_task", "1", "--max_steps", "12", "--resolution", "64", "--real_time",
+              "--compute_ms", "10", "30", "--state_latency_ms", "10"]
+    episodes = {}
+    for mode in ("anticipatory", "synchronous"):
+        eval_libero.main(common + ["--feedback_mode", mode, "--output_dir", str(tmp_path / mode)])
+        episodes[mode] = json.loads((tmp_path / mode / "results.json").read_text())["episodes"][0]
+    assert episodes["anticipatory"]["held_steps"] == 1 and episodes["anticipatory"]["missed_deadlines"] == 0
+    assert episodes["synchronous"]["held_steps"] >= 5 and episodes["synchronous"]["missed_deadlines"] >= 4
+    assert episodes["synchronous"]["feedback_mode"] == "synchronous, real time (latency 10 ms)"
+    recorded = LeRobotDataset(episodes["synchronous"]["recording"])
+    held = np.isnan(recorded.column("policy.action")).all(axis=1)
+    assert recorded.num_frames == 12 and held.sum() == episodes["synchronous"]["held_steps"]
+    assert np.array_equal(recorded.column("action")[held][:, :6], np.zeros((held.sum(), 6), np.float32))
+    assert "held steps | missed deadlines" in (tmp_path / "synchronous" / "results.md").read_text()

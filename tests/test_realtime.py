@@ -128,3 +128,15 @@ def test_bad_settings_are_refused(joint):
         _runner(joint, "open_loop", prefix_lead=4)
     with pytest.raises(ValueError, match="period_s must be > 0"):
         _runner(joint, "open_loop", period=0.0)
+
+
+def test_a_prefix_queued_early_delays_the_chunks_last_step_and_the_halt_counts_it(joint):
+    # one worker: with a lead of 2 the prefix (120 ms) runs before the chunk's last step, which waits behind it
+    runner, _, _ = _runner(joint, "open_loop", prefix=0.120, prefix_lead=2)
+    timings = runner.run(num_chunks=2)
+    last_step = timings[3]
+    assert last_step.step == 3 and last_step.missed and not timings[4].missed
+    lost = 1000 * (timings[4].sent - timings[1].sent) - 3 * 1000 * PERIOD  # the window's time beyond 3 periods
+    assert lost > 0
+    assert timing_summary(timings, PERIOD, window=2)["boundary_halt_ms"] == pytest.approx(lost)
+    assert timing_summary(timings, PERIOD)["boundary_halt_ms"] == 0  # the boundary gap alone hides it

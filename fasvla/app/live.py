@@ -14,7 +14,7 @@ import numpy as np
 
 from fasvla.app.rollouts import EpisodeData, Rollout
 from fasvla.libero.env import CONTROL_FREQUENCY, SUITE_MAX_STEPS
-from fasvla.libero.evaluation import EpisodeJob, EpisodeResult, EpisodeRun, episode_seed, make_env
+from fasvla.libero.episode import EpisodeJob, EpisodeResult, EpisodeRun, episode_seed, make_env
 from fasvla.libero.perturbations import Perturbation
 from fasvla.libero.policy import make_controller
 from fasvla.libero.recording import ACTION_NAMES, STATE_NAMES, EpisodeRecorder

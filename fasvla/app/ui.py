@@ -104,7 +104,7 @@ class ReplayApp:
         which joins the catalog."""
         if self.runner is None:
             raise RolloutError("live runs need LIBERO and a model: start the app with --model")
-        from fasvla.libero.evaluation import EpisodeJob  # torch: imported by live runs only (a Space replays)
+        from fasvla.libero.episode import EpisodeJob  # torch: imported by live runs only (a Space replays)
 
         if suite not in SUITE_MAX_STEPS:
             raise RolloutError(f"suite must be one of {list(SUITE_MAX_STEPS)}, got {suite!r}")

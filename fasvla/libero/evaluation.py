@@ -1,115 +1,10 @@
 """Running LIBERO episodes with a FAS-VLA and summarising them (the work of `eval_libero.py`)."""
 
-import time
-import zlib
-from dataclasses import asdict, dataclass
-from pathlib import Path
-
 import numpy as np
-import torch
 
-from fasvla.libero.env import LiberoEnv
-from fasvla.libero.perturbations import Perturbation, PerturbedActions
+from fasvla.libero.episode import EpisodeJob, EpisodeResult, EpisodeRun, episode_seed, make_env, run_episode
 from fasvla.libero.policy import make_controller
-from fasvla.libero.recording import EpisodeRecorder
-
-
-@dataclass
-class EpisodeResult:
-    suite: str
-    task_id: int
-    task: str
-    trial: int
-    init_state_id: int
-    success: bool
-    steps: int  # policy steps taken (the wait steps excluded)
-    policy_ms_per_action: float
-    env_ms_per_step: float
-    feedback_mode: str
-    perturbation: str
-    recording: str | None
-
-
-@dataclass(frozen=True)
-class EpisodeJob:
-    suite: str
-    task_id: int
-    trial: int
-
-    @property
-    def name(self) -> str:
-        return f"{self.suite}/task_{self.task_id:02d}/trial_{self.trial:03d}"
-
-
-class EpisodeRun:
-    """One trial from init state `trial` (modulo the task's fixed init states), until success or the step limit.
-
-    Iterating runs it a policy step at a time, yielding `(observation, output, sent_action)` (the live view of the
-    app shows them as they come); `result()` then summarises it and `save()` writes the recording.
-    """
-
-    def __init__(self, env: LiberoEnv, controller, job: EpisodeJob, perturbation: Perturbation, seed: int,
-                 record: bool = True):
-        self.env, self.controller, self.job, self.perturbation, self.seed = env, controller, job, perturbation, seed
-        self.init_state_id = job.trial % len(env.init_states)
-        self.recorder = EpisodeRecorder(env.cameras) if record else None
-        self.success, self.steps, self.policy_s, self.env_s = False, 0, 0.0, 0.0
-
-    def __iter__(self):
-        torch.manual_seed(self.seed)  # the chunk objective's noise, the same for every rerun of this episode
-        actions = PerturbedActions(self.perturbation, self.seed)
-        self.controller.reset()
-        observation = self.env.reset(self.init_state_id)
-        for step in range(self.env.max_steps):
-            output = self.controller.act(observation)
-            sent = actions(output.action)
-            started = time.perf_counter()
-            next_observation, self.success = self.env.step(sent, push_force=actions.force_at(step))
-            self.env_s += time.perf_counter() - started
-            self.policy_s += output.latency_s
-            self.steps = step + 1
-            if self.recorder is not None:
-                self.recorder.add(observation, output, sent)
-            yield observation, output, sent
-            observation = next_observation
-            if self.success:
-                break
-
-    def result(self, feedback_mode: str) -> EpisodeResult:
-        steps = max(self.steps, 1)
-        return EpisodeResult(self.job.suite, self.job.task_id, self.env.task_language, self.job.trial,
-                             self.init_state_id, self.success, self.steps, 1000 * self.policy_s / steps,
-                             1000 * self.env_s / steps, feedback_mode, self.perturbation.describe(), None)
-
-    def save(self, result: EpisodeResult, root: Path, model_name: str) -> Path:
-        """The recording as a LeRobot v3.0 dataset at `root` (its per-episode metadata: `result` and the model)."""
-        metadata = {k: v for k, v in asdict(result).items() if k not in ("recording", "task")} | {"model": model_name}
-        return self.recorder.save(root, self.env.task_language, metadata)
-
-
-def run_episode(env: LiberoEnv, controller, job: EpisodeJob, perturbation: Perturbation, seed: int,
-                recording_root: Path | None, feedback_mode: str, model_name: str) -> EpisodeResult:
-    """Run one episode to its end; recorded under `recording_root / job.name` unless `recording_root` is None."""
-    run = EpisodeRun(env, controller, job, perturbation, seed, record=recording_root is not None)
-    for _ in run:
-        pass
-    result = run.result(feedback_mode)
-    if recording_root is not None:
-        result.recording = str(run.save(result, recording_root / job.name, model_name))
-    return result
-
-
-def episode_seed(base_seed: int, job: EpisodeJob) -> int:
-    """The episode's seed: a function of the job alone, so a rerun (in any process) reproduces it."""
-    return base_seed * 100_003 + zlib.crc32(job.name.encode()) % 100_003
-
-
-def make_env(job: EpisodeJob, options: dict, cameras: list[str]) -> LiberoEnv:
-    env = LiberoEnv(job.suite, job.task_id, options["resolution"], options["seed"], cameras=cameras,
-                    gripper_close_sign=options["gripper_close_sign"])
-    if options.get("max_steps"):  # a cap for smoke tests, below the protocol's limit
-        env.max_steps = min(env.max_steps, options["max_steps"])
-    return env
+from fasvla.libero.realtime import RealTimeEpisodeRun
 
 
 def evaluate_jobs(jobs: list[EpisodeJob], model, processor, options: dict, on_result=None) -> list[EpisodeResult]:
@@ -121,11 +16,11 @@ def evaluate_jobs(jobs: list[EpisodeJob], model, processor, options: dict, on_re
                 if env is not None:
                     env.close()
                 env = make_env(job, options, model.config.camera_names)
-            controller = make_controller(model, processor, env.task_language, options["feedback_mode"],
-                                         options["n_action_steps"])
-            result = run_episode(env, controller, job, options["perturbation"], episode_seed(options["seed"], job),
-                                 options["recording_root"], options["feedback_mode"] or model.config.feedback_mode,
-                                 options["model_name"])
+            run = episode_run(env, model, processor, job, options)
+            mode = options["feedback_mode"] or model.config.feedback_mode
+            if options.get("real_time") is not None:
+                mode = f"{mode}, real time (latency {1000 * options['real_time'].latency_s:g} ms)"
+            result = run_episode(run, options["recording_root"], mode, options["model_name"])
             results.append(result)
             if on_result is not None:
                 on_result(result)
@@ -135,6 +30,17 @@ def evaluate_jobs(jobs: list[EpisodeJob], model, processor, options: dict, on_re
     return results
 
 
+def episode_run(env, model, processor, job: EpisodeJob, options: dict) -> EpisodeRun:
+    """The run of one job: lockstep, or under the real-time runner when `options["real_time"]` is set."""
+    seed, record = episode_seed(options["seed"], job), options["recording_root"] is not None
+    if options.get("real_time") is not None:
+        return RealTimeEpisodeRun(env, model, processor, job, options["perturbation"], seed, options["real_time"],
+                                  options["feedback_mode"], options["n_action_steps"], record)
+    controller = make_controller(model, processor, env.task_language, options["feedback_mode"],
+                                 options["n_action_steps"])
+    return EpisodeRun(env, controller, job, options["perturbation"], seed, record)
+
+
 def summarize(results: list[EpisodeResult]) -> dict:
     """Success rates per task, per suite and overall, with mean episode length and timings."""
     def stats(group: list[EpisodeResult]) -> dict:
@@ -142,7 +48,9 @@ def summarize(results: list[EpisodeResult]) -> dict:
                 "success_rate": float(np.mean([r.success for r in group])),
                 "mean_steps": float(np.mean([r.steps for r in group])),
                 "policy_ms_per_action": float(np.mean([r.policy_ms_per_action for r in group])),
-                "env_ms_per_step": float(np.mean([r.env_ms_per_step for r in group]))}
+                "env_ms_per_step": float(np.mean([r.env_ms_per_step for r in group])),
+                "held_steps": float(np.mean([r.held_steps for r in group])),
+                "missed_deadlines": float(np.mean([r.missed_deadlines for r in group]))}
 
     suites = sorted({r.suite for r in results})
     per_task = {f"{s}/{t}": stats([r for r in results if (r.suite, r.task_id) == (s, t)])
@@ -152,11 +60,15 @@ def summarize(results: list[EpisodeResult]) -> dict:
             "per_task": per_task}
 
 
-def markdown_table(summary: dict, title: str) -> str:
-    rows = [f"# {title}", "", "| suite / task | success | episodes | mean steps | policy ms / action | env ms / step |",
-            "|---|---|---|---|---|---|"]
+def markdown_table(summary: dict, title: str, real_time: bool = False) -> str:
+    """The summary as markdown; `real_time` adds the held steps and missed deadlines per episode."""
+    extra = " held steps | missed deadlines |" if real_time else ""
+    rows = [f"# {title}", "", "| suite / task | success | episodes | mean steps | policy ms / action | env ms / step |"
+            + extra, "|---|---|---|---|---|---|" + "---|---|" * real_time]
     for name, entry in [*summary["per_task"].items(), *summary["per_suite"].items(), ("overall", summary["overall"])]:
         label = f"{name} ({entry['task']})" if "task" in entry else f"**{name}**"
+        cells = (f" {entry['held_steps']:.1f} | {entry['missed_deadlines']:.1f} |" if real_time else "")
         rows.append(f"| {label} | {100 * entry['success_rate']:.1f}% | {entry['episodes']} | "
-                    f"{entry['mean_steps']:.1f} | {entry['policy_ms_per_action']:.1f} | {entry['env_ms_per_step']:.1f} |")
+                    f"{entry['mean_steps']:.1f} | {entry['policy_ms_per_action']:.1f} | {entry['env_ms_per_step']:.1f} |"
+                    + cells)
     return "\n".join(rows) + "\n"

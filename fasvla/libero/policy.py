@@ -48,9 +48,7 @@ class StreamingController:
             inputs = _model_inputs(self.model, self.processor, observation, self.task)
             self.stream = self.streamer.start_chunk(**inputs)
             step = next(self.stream)
-        action = step.action[0].cpu().numpy()
-        latency = time.perf_counter() - start
-        return PolicyOutput(action, _vector(step.predicted_state), _vector(step.state_input), latency)
+        return policy_output(step, time.perf_counter() - start)
 
 
 class ChunkController:
@@ -69,6 +67,12 @@ class ChunkController:
         action = self.queue.select_action(**inputs)[0].cpu().numpy()
         latency = time.perf_counter() - start
         return PolicyOutput(action, np.full(8, np.nan, np.float32), observation.state.astype(np.float32), latency)
+
+
+def policy_output(step, latency_s: float) -> PolicyOutput:
+    """The `PolicyOutput` of a streamed step (batch of one)."""
+    return PolicyOutput(step.action[0].cpu().numpy(), _vector(step.predicted_state), _vector(step.state_input),
+                        latency_s)
 
 
 def make_controller(model, processor, task: str, feedback_mode: str | None = None, n_action_steps: int | None = None):
