@@ -20,6 +20,7 @@ per action).
 import argparse
 import json
 import multiprocessing
+import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -44,6 +45,8 @@ def parse_args(argv=None):
     p.add_argument("--task_suite_name", nargs="+", default=list(SUITE_MAX_STEPS), choices=list(SUITE_MAX_STEPS))
     p.add_argument("--task_ids", type=int, nargs="*", default=None, help="default: every task of the suites")
     p.add_argument("--num_trials_per_task", type=int, default=50, help="50 = the full protocol")
+    p.add_argument("--first_trial", type=int, default=0,
+                   help="trials first_trial.. (init states modulo 50): hold out the init states trained on")
     p.add_argument("--feedback_mode", choices=["open_loop", "synchronous", "anticipatory"], default=None,
                    help="streaming models; default: the model's")
     p.add_argument("--n_action_steps", type=int, default=None, help="actions per observation; default: the model's")
@@ -74,8 +77,8 @@ def parse_args(argv=None):
     timing.add_argument("--prefix_lead", type=int, default=1,
                         help="actions before a chunk's end at which the next prefix starts; 0: no pipelining")
     args = p.parse_args(argv)
-    if args.num_trials_per_task < 1 or args.num_workers < 1:
-        p.error("--num_trials_per_task and --num_workers must be >= 1")
+    if args.num_trials_per_task < 1 or args.num_workers < 1 or args.first_trial < 0:
+        p.error("--num_trials_per_task and --num_workers must be >= 1, --first_trial >= 0")
     try:
         args.real_time_options = real_time_options(args)
     except ValueError as error:
@@ -96,8 +99,43 @@ def make_jobs(args) -> list[list[EpisodeJob]]:
     for suite in args.task_suite_name:
         task_ids = args.task_ids if args.task_ids is not None else range(10)
         for task_id in task_ids:
-            groups.append([EpisodeJob(suite, task_id, trial) for trial in range(args.num_trials_per_task)])
+            trials = range(args.first_trial, args.first_trial + args.num_trials_per_task)
+            groups.append([EpisodeJob(suite, task_id, trial) for trial in trials])
     return groups
+
+
+# what an evaluation folder's episodes depend on: a rerun into the same folder must agree on them to resume
+SETTINGS = ["model", "feedback_mode", "n_action_steps", "seed", "resolution", "gripper_close_sign", "max_steps",
+            "action_noise", "action_delay", "push_step", "push_force", "push_steps", "real_time", "state_latency_ms",
+            "compute_ms", "prefix_lead"]
+
+
+def check_settings(output_dir: Path, args) -> None:
+    """Record the evaluation's settings in `output_dir/settings.json`, or check that they match the ones there: an
+    interrupted evaluation resumes, episodes of another evaluation are never mixed in."""
+    settings = json.loads(json.dumps({name: getattr(args, name) for name in SETTINGS}))  # tuples as JSON lists
+    saved = output_dir / "settings.json"
+    if not saved.is_file():
+        saved.write_text(json.dumps(settings, indent=2))
+        return
+    previous = json.loads(saved.read_text())
+    changed = [name for name in SETTINGS if previous.get(name) != settings[name]]
+    if changed:
+        raise ValueError(f"--output_dir {output_dir} holds an evaluation with other settings "
+                         f"({', '.join(f'{n}={previous.get(n)!r}, now {settings[n]!r}' for n in changed)}): "
+                         "use another --output_dir")
+
+
+def pending_jobs(groups: list[list[EpisodeJob]], output_dir: Path) -> list[list[EpisodeJob]]:
+    """The non-empty groups of the jobs whose results are not in `output_dir` yet."""
+    done = {(r.suite, r.task_id, r.trial) for r in read_results(output_dir)}
+    groups = [[job for job in group if (job.suite, job.task_id, job.trial) not in done] for group in groups]
+    return [group for group in groups if group]
+
+
+def read_results(output_dir: Path) -> list[EpisodeResult]:
+    return [EpisodeResult(**json.loads(line)) for f in sorted(output_dir.glob("results_rank*.jsonl"))
+            for line in f.read_text().splitlines() if line.strip()]
 
 
 def _load_worker(args, device: str, threads: int | None = None) -> None:
@@ -141,6 +179,12 @@ def main(argv=None):
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     groups = make_jobs(args)[state.process_index :: state.num_processes]
+    if state.is_main_process:
+        check_settings(output_dir, args)
+    state.wait_for_everyone()
+    groups = pending_jobs(groups, output_dir)
+    for job in (job for group in groups for job in group):  # recordings of episodes interrupted before their result
+        shutil.rmtree(output_dir / "rollouts" / job.name, ignore_errors=True)
     options = episode_options(args, args.model)
     results_file = output_dir / f"results_rank{state.process_index}.jsonl"
     progress = tqdm(total=sum(len(g) for g in groups), desc=f"episodes (rank {state.process_index})",
@@ -170,8 +214,7 @@ def main(argv=None):
 
 
 def write_summary(output_dir: Path, args, wall_s: float) -> dict:
-    results = [EpisodeResult(**json.loads(line)) for f in sorted(output_dir.glob("results_rank*.jsonl"))
-               for line in f.read_text().splitlines() if line.strip()]
+    results = read_results(output_dir)
     summary = summarize(results)
     total_steps = sum(r.steps for r in results)
     episode_s = sum(r.steps * (r.policy_ms_per_action + r.env_ms_per_step) / 1000 for r in results)

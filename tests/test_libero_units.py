@@ -1,6 +1,7 @@
 """The LIBERO evaluation's pure parts, without a simulator: conversions, perturbations, recordings, summaries."""
 
 import json
+from dataclasses import asdict
 import math
 
 import numpy as np
@@ -11,7 +12,7 @@ from fasvla.data.lerobot_dataset import LeRobotDataset
 from fasvla.data.synthetic import write_synthetic_dataset
 from fasvla.libero.env import (CAMERAS, WAIT_ACTION, Observation, gripper_close_sign_of, observation_images,
                                observation_state, quat_to_axis_angle, to_env_action)
-from fasvla.libero.evaluation import EpisodeResult, markdown_table, summarize
+from fasvla.libero.evaluation import EpisodeResult, markdown_table, summarize, wilson_interval
 from fasvla.libero.perturbations import Perturbation, PerturbedActions
 from fasvla.libero.policy import PolicyOutput
 from fasvla.libero.recording import EpisodeRecorder
@@ -147,7 +148,24 @@ def test_summary_rates_per_task_per_suite_and_overall():
     assert summary["per_suite"]["libero_object"]["success_rate"] == pytest.approx(2 / 3)
     assert summary["overall"]["successes"] == 2 and summary["overall"]["episodes"] == 4
     table = markdown_table(summary, "test")
-    assert "| libero_object/0 (task 0) | 50.0% | 2 | 190.0 |" in table and "| **overall** | 50.0% | 4 |" in table
+    assert "| libero_object/0 (task 0) | 50.0% [9, 91] | 2 | 190.0 |" in table
+    assert "| **overall** | 50.0% [15, 85] | 4 |" in table
+
+
+def test_wilson_intervals_match_their_closed_form_and_stay_in_bounds():
+    # 0 of 10: the upper end solves p = z^2 / (n + z^2) exactly; n of n mirrors it
+    z2 = 1.959964 ** 2
+    assert wilson_interval(0, 10) == pytest.approx([0.0, z2 / (10 + z2)])
+    assert wilson_interval(10, 10) == pytest.approx([10 / (10 + z2), 1.0])
+    # the bounds are the two rates p at which the observed rate is z standard errors sqrt(p (1 - p) / n) away
+    for successes, trials in ((30, 50), (3, 17), (1, 2)):
+        rate = successes / trials
+        for p in wilson_interval(successes, trials):
+            assert trials * (rate - p) ** 2 == pytest.approx(z2 * p * (1 - p), rel=1e-9)
+    widths = [np.diff(wilson_interval(n // 2, n))[0] for n in (10, 40, 160)]
+    assert widths[0] > widths[1] > widths[2] and widths[1] / widths[2] == pytest.approx(2, rel=0.05)
+    with pytest.raises(ValueError, match="successes <= trials"):
+        wilson_interval(3, 2)
 
 
 def test_jobs_cover_every_trial_of_every_task_and_shard_without_overlap():
@@ -158,3 +176,40 @@ def test_jobs_cover_every_trial_of_every_task_and_shard_without_overlap():
     assert len(names) == 12 == len(set(names)) and all(len({(j.suite, j.task_id) for j in g}) == 1 for g in groups)
     shards = [groups[rank::3] for rank in range(3)]
     assert sorted(json.dumps(str(g)) for shard in shards for g in shard) == sorted(json.dumps(str(g)) for g in groups)
+
+
+def test_held_out_trials_start_at_first_trial():
+    args = eval_libero.parse_args(["--model", "m", "--task_suite_name", "libero_object", "--task_ids", "2",
+                                   "--num_trials_per_task", "3", "--first_trial", "40"])
+    assert [job.trial for job in eval_libero.make_jobs(args)[0]] == [40, 41, 42]
+
+
+def test_an_interrupted_evaluation_resumes_and_refuses_other_settings(tmp_path):
+    args = eval_libero.parse_args(["--model", "m", "--task_suite_name", "libero_object", "--task_ids", "0", "1",
+                                   "--num_trials_per_task", "2", "--output_dir", str(tmp_path)])
+    eval_libero.check_settings(tmp_path, args)
+    done = results()[0]
+    done.task_id, done.trial = 1, 0
+    (tmp_path / "results_rank0.jsonl").write_text(json.dumps(asdict(done)) + "\n")
+    pending = eval_libero.pending_jobs(eval_libero.make_jobs(args), tmp_path)
+    assert [job.name for group in pending for job in group] == [
+        "libero_object/task_00/trial_000", "libero_object/task_00/trial_001", "libero_object/task_01/trial_001"]
+    eval_libero.check_settings(tmp_path, args)  # the same settings: fine
+    other = eval_libero.parse_args(["--model", "m", "--task_suite_name", "libero_object", "--push_step", "40",
+                                    "--output_dir", str(tmp_path)])
+    with pytest.raises(ValueError, match="other settings \\(push_step=None, now 40\\)"):
+        eval_libero.check_settings(tmp_path, other)
+
+
+def test_the_comparison_table_and_figure_show_every_condition(tmp_path):
+    from fasvla.libero.comparison import POLICIES, comparison_figure, comparison_table, condition_folder
+
+    summary = summarize(results())  # 2 of 4
+    summaries = {("nominal", "chunk"): summary, ("push", "stream anticipatory"): summary}
+    table = comparison_table(summaries, [POLICIES[0], POLICIES[3]], ["nominal", "push"])
+    assert "| chunk | 50.0% [15, 85] (4) | not run |" in table
+    assert "| stream anticipatory | not run | 50.0% [15, 85] (4) |" in table
+    assert "| chunk | 200 steps, 5.0 ms | not run |" in table  # (100 + 280 + 120 + 300) / 4
+    figure = comparison_figure(summaries, [POLICIES[0], POLICIES[3]], ["nominal", "push"], tmp_path / "c.png")
+    assert figure.stat().st_size > 5000
+    assert condition_folder(tmp_path, "action delay", POLICIES[2]) == tmp_path / "action_delay" / "stream_synchronous"

@@ -44,8 +44,9 @@ def episode_run(env, model, processor, job: EpisodeJob, options: dict) -> Episod
 def summarize(results: list[EpisodeResult]) -> dict:
     """Success rates per task, per suite and overall, with mean episode length and timings."""
     def stats(group: list[EpisodeResult]) -> dict:
-        return {"episodes": len(group), "successes": sum(r.success for r in group),
-                "success_rate": float(np.mean([r.success for r in group])),
+        successes = sum(r.success for r in group)
+        return {"episodes": len(group), "successes": successes,
+                "success_rate": successes / len(group), "ci95": wilson_interval(successes, len(group)),
                 "mean_steps": float(np.mean([r.steps for r in group])),
                 "policy_ms_per_action": float(np.mean([r.policy_ms_per_action for r in group])),
                 "env_ms_per_step": float(np.mean([r.env_ms_per_step for r in group])),
@@ -60,15 +61,32 @@ def summarize(results: list[EpisodeResult]) -> dict:
             "per_task": per_task}
 
 
+def wilson_interval(successes: int, trials: int, z: float = 1.959964) -> list[float]:
+    """The Wilson score interval of a success rate (95% for the default z): unlike the normal approximation it
+    stays inside [0, 1] and is not empty at 0 or n successes."""
+    if trials < 1 or not 0 <= successes <= trials:
+        raise ValueError(f"need 0 <= successes <= trials and trials >= 1, got {successes} of {trials}")
+    rate, z2 = successes / trials, z * z
+    center = (rate + z2 / (2 * trials)) / (1 + z2 / trials)
+    half = z * np.sqrt(rate * (1 - rate) / trials + z2 / (4 * trials * trials)) / (1 + z2 / trials)
+    return [float(max(0.0, center - half)), float(min(1.0, center + half))]
+
+
+def percent_with_interval(entry: dict) -> str:
+    low, high = entry["ci95"]
+    return f"{100 * entry['success_rate']:.1f}% [{100 * low:.0f}, {100 * high:.0f}]"
+
+
 def markdown_table(summary: dict, title: str, real_time: bool = False) -> str:
     """The summary as markdown; `real_time` adds the held steps and missed deadlines per episode."""
     extra = " held steps | missed deadlines |" if real_time else ""
-    rows = [f"# {title}", "", "| suite / task | success | episodes | mean steps | policy ms / action | env ms / step |"
+    rows = [f"# {title}", "", "| suite / task | success [95% CI] | episodes | mean steps | policy ms / action | "
+            "env ms / step |"
             + extra, "|---|---|---|---|---|---|" + "---|---|" * real_time]
     for name, entry in [*summary["per_task"].items(), *summary["per_suite"].items(), ("overall", summary["overall"])]:
         label = f"{name} ({entry['task']})" if "task" in entry else f"**{name}**"
         cells = (f" {entry['held_steps']:.1f} | {entry['missed_deadlines']:.1f} |" if real_time else "")
-        rows.append(f"| {label} | {100 * entry['success_rate']:.1f}% | {entry['episodes']} | "
+        rows.append(f"| {label} | {percent_with_interval(entry)} | {entry['episodes']} | "
                     f"{entry['mean_steps']:.1f} | {entry['policy_ms_per_action']:.1f} | {entry['env_ms_per_step']:.1f} |"
                     + cells)
     return "\n".join(rows) + "\n"

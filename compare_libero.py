@@ -1,0 +1,71 @@
+"""Does state feedback help, when, and at what cost: a streaming FAS-VLA against its chunk baseline on LIBERO.
+
+    python compare_libero.py --stream_model runs/stream --chunk_model runs/chunk \
+        --task_suite_name libero_object --task_ids 0 1 2 --first_trial 40 --num_trials_per_task 10
+
+Policies: the chunk model (SmolVLA's execution: plan H actions, execute `n_action_steps` of them open loop) and the
+streaming model with open-loop, synchronous and anticipatory feedback. Perturbations: none, delayed actions, an
+external push, action noise. Every (perturbation, policy) condition is an `eval_libero.py` run over the same tasks
+and trials (`--first_trial` picks init states not trained on) in `<output_dir>/<perturbation>/<policy>/`; a rerun
+resumes what was interrupted. Writes `comparison.md`, `comparison.json` and `comparison.png` (success rates with
+95% Wilson intervals).
+"""
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import eval_libero
+from fasvla.libero.comparison import (POLICIES, comparison_figure, comparison_table, condition_arguments,
+                                      condition_folder, perturbations, read_condition)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--stream_model", required=True, help="streaming FAS-VLA folder or Hub id")
+    p.add_argument("--chunk_model", required=True, help="chunk-objective baseline folder or Hub id")
+    p.add_argument("--policies", nargs="+", default=[policy.name for policy in POLICIES],
+                   choices=[policy.name for policy in POLICIES])
+    p.add_argument("--perturbations", nargs="+", default=["nominal", "action delay", "push", "action noise"],
+                   choices=["nominal", "action delay", "push", "action noise"])
+    p.add_argument("--action_delay", type=int, default=2, help="steps the executed actions lag")
+    p.add_argument("--push", type=float, nargs=5, default=(40, 0.0, 60.0, 0.0, 2),
+                   metavar=("STEP", "FX", "FY", "FZ", "STEPS"), help="an external push on the end effector")
+    p.add_argument("--action_noise", type=float, default=0.1, help="std of the noise on executed actions")
+    p.add_argument("--output_dir", default="outputs/libero_comparison")
+    args, common = p.parse_known_args(argv)  # the rest goes to every eval_libero.py run (tasks, trials, ...)
+    for forbidden in ("--model", "--feedback_mode", "--output_dir", "--action_delay", "--push_step", "--action_noise"):
+        if forbidden in common:
+            p.error(f"{forbidden} is set per condition; give the comparison's own options instead")
+    args.common = common
+    return args
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    root = Path(args.output_dir)
+    models = {"stream": args.stream_model, "chunk": args.chunk_model}
+    chosen = [policy for policy in POLICIES if policy.name in args.policies]
+    arguments = perturbations(args.action_delay, tuple(args.push), args.action_noise)
+    summaries, started = {}, time.perf_counter()
+    for perturbation in args.perturbations:
+        for policy in chosen:
+            folder = condition_folder(root, perturbation, policy)
+            print(f"\n== {perturbation} / {policy.name} -> {folder}", flush=True)
+            eval_libero.main(condition_arguments(policy, models, arguments[perturbation], args.common, folder))
+            summaries[(perturbation, policy.name)] = read_condition(folder)
+    table = comparison_table(summaries, chosen, args.perturbations)
+    wall = time.perf_counter() - started
+    (root / "comparison.md").write_text(f"# LIBERO: feedback comparison\n\n{table}\n{wall:.0f} s of wall time\n")
+    (root / "comparison.json").write_text(json.dumps(
+        {"arguments": vars(args), "wall_s": wall,
+         "conditions": [{"perturbation": p, "policy": n, "summary": s} for (p, n), s in summaries.items()]},
+        indent=2, default=str))
+    comparison_figure(summaries, chosen, args.perturbations, root / "comparison.png")
+    print(table)
+    return summaries
+
+
+if __name__ == "__main__":
+    main()
