@@ -51,7 +51,8 @@ def parse_args(argv=None):
     data.add_argument("--num_workers", type=int, default=2)
     model = p.add_argument_group("model")
     model.add_argument("--model", default=None, help="start from this FAS-VLA folder or Hub id")
-    model.add_argument("--preset", choices=["tiny", "full"], default="full", help="size of a new model")
+    model.add_argument("--preset", choices=["tiny", "small", "full"], default="full",
+                       help="size of a new model (small: trains from scratch on a CPU, with --freeze full)")
     model.add_argument("--vlm", default=None, help="SmolVLM2 folder or Hub id for a new model's backbone")
     model.add_argument("--tokenizer", default=SMOLVLM2, help="tokenizer of a new full-size model without --vlm")
     model.add_argument("--objective", choices=OBJECTIVES, default="stream_joint", help="objective of a new model")
@@ -123,8 +124,8 @@ def build_model(args, dataset: LeRobotDataset):
     if "chunk_size" in fields:
         fields["n_action_steps"] = fields["chunk_size"]
     config = new_config(args.preset, args.vlm, **fields)
-    if args.preset == "tiny" and not args.vlm:
-        tokenizer = tiny_tokenizer(config.text_config.vocab_size)
+    if args.preset in ("tiny", "small") and not args.vlm:  # a BPE of its own, trained on the dataset's tasks
+        tokenizer = tiny_tokenizer(config.text_config.vocab_size, tasks=list(dataset.tasks.values()))
     else:
         from transformers import AutoTokenizer
 

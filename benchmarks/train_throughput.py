@@ -2,9 +2,10 @@
 
     python benchmarks/train_throughput.py                                   # tiny model, CPU
     python benchmarks/train_throughput.py --preset full --device cuda --bf16 --batch_size 32
+    python benchmarks/train_throughput.py --preset small --freeze full --batch_size 32   # from scratch on a CPU
 
 One optimizer step = forward (prefix + Q-query suffix), backward and AdamW on a fixed batch, with SmolVLA's default
-freezing (the VLM frozen, the expert trained). A training *sample* is one observation; each carries Q flow-time
+freezing (the VLM frozen, the expert trained) unless `--freeze` says otherwise. A training *sample* is one observation; each carries Q flow-time
 queries, so the loss sees B * Q flow samples per step for one prefix pass per observation.
 """
 
@@ -20,9 +21,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from configuration_fasvla import FasVLAConfig  # noqa: E402
-from fasvla.tiny import fake_observation, fake_targets, tiny_model_and_processor  # noqa: E402
-from fasvla.training import freeze, make_optimizer  # noqa: E402
+from fasvla.tiny import fake_observation, fake_targets, small_config, tiny_config, tiny_tokenizer  # noqa: E402
+from fasvla.training import FREEZE_MODES, freeze, make_optimizer  # noqa: E402
 from modeling_fasvla import FasVLAForActionPrediction  # noqa: E402
+from processing_fasvla import FasVLAProcessor  # noqa: E402
 
 
 def batch_for(config, processor, batch_size: int, device) -> dict:
@@ -59,7 +61,9 @@ def step_times(model, batch, optimizer, repeats: int, device, bf16: bool) -> lis
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", choices=["tiny", "full"], default="tiny")
+    parser.add_argument("--preset", choices=["tiny", "small", "full"], default="tiny")
+    parser.add_argument("--freeze", choices=FREEZE_MODES, default="expert_only",
+                        help="what is trained (a new small model from scratch: full)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast (mixed precision)")
     parser.add_argument("--batch_size", type=int, default=8)
@@ -69,20 +73,22 @@ def main(argv=None):
     device = torch.device(args.device)
 
     torch.manual_seed(0)
-    if args.preset == "tiny":
-        model, processor = tiny_model_and_processor()
-        config = model.config
+    if args.preset in ("tiny", "small"):
+        config = tiny_config() if args.preset == "tiny" else small_config()
+        model, processor = FasVLAForActionPrediction(config), FasVLAProcessor.from_config(config, tiny_tokenizer())
     else:
         config, processor = FasVLAConfig(), None
         model = FasVLAForActionPrediction(config)
     model.to(device).train()
-    freeze(model, "expert_only")
+    freeze(model, args.freeze)
+    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
     optimizer = make_optimizer(model, 1e-4, (0.9, 0.95), 1e-8, 1e-10)
     batch = batch_for(config, processor, args.batch_size, device)
 
     where = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"# {args.preset} model, batch {args.batch_size}, {'bf16 autocast' if args.bf16 else 'float32'}, {where}, "
-          f"torch {torch.__version__}; expert trained, VLM frozen")
+          f"torch {torch.__version__}; freeze: {args.freeze}, {trained / 1e6:.2f}M of {total / 1e6:.2f}M parameters trained")
     print("| queries Q | step ms | observations / s | flow samples / s | flow samples / s vs Q=1 | peak memory GiB |")
     print("|---|---|---|---|---|---|")
     baseline = None

@@ -1,4 +1,5 @@
-"""A tiny FAS-VLA built fully offline: config, byte-level BPE tokenizer, processor and fake observations.
+"""A tiny FAS-VLA built fully offline: config, byte-level BPE tokenizer, processor and fake observations; and the
+small config trained from scratch on a CPU (issue 8's LIBERO demonstrations).
 
 Used by the tests and the README demo. The dimensions follow the tiny SmolVLA of `tests/fixtures/smolvla_tiny_A`
 (vision 32 wide on 64x64 images, 4 text layers 64 wide, expert 32 wide), so a model builds in well under a second.
@@ -58,6 +59,25 @@ def tiny_config(**overrides) -> FasVLAConfig:
     return FasVLAConfig(**fields)
 
 
+SMALL_VLM = {
+    **TINY_VLM,
+    "text_config": {**TINY_VLM["text_config"], "hidden_size": 128, "intermediate_size": 384, "head_dim": 32,
+                    "vocab_size": 512},
+    "vision_config": {**TINY_VLM["vision_config"], "hidden_size": 128, "intermediate_size": 384,
+                      "num_hidden_layers": 4, "num_attention_heads": 4, "image_size": 96, "patch_size": 12},
+}
+
+
+def small_config(**overrides) -> FasVLAConfig:
+    """A small FAS-VLA (about 2.6M parameters) that trains from scratch on a CPU: 96 px cameras seen as 8 x 8 patches
+    of 12 px (16 tokens per camera after the pixel shuffle), 4 text layers 128 wide, an expert 96 wide; chunks of 16
+    actions, 8 executed per observation. Every field can be overridden, like `tiny_config`."""
+    fields = dict(vlm_config=SMALL_VLM, num_vlm_layers=4, expert_width_multiplier=0.75, image_size=96,
+                  tokenizer_max_length=32, max_state_dim=16, max_action_dim=16, chunk_size=16, n_action_steps=8,
+                  num_steps=10, num_flow_queries=8)
+    return tiny_config(**(fields | overrides))
+
+
 def tiny_norm_stats(state_dim: int, action_dim: int) -> dict:
     """Non-trivial statistics so that tests exercise the normalisation (robot units differ from model units)."""
     def spread(dim, low, high):
@@ -71,14 +91,15 @@ def tiny_norm_stats(state_dim: int, action_dim: int) -> dict:
     }
 
 
-def tiny_tokenizer(vocab_size: int = 320) -> TokenizersBackend:
-    """A byte-level BPE tokenizer trained on robot task strings, with SmolVLM2's special tokens (no BOS/EOS added)."""
+def tiny_tokenizer(vocab_size: int = 320, tasks: list[str] = TASKS) -> TokenizersBackend:
+    """A byte-level BPE tokenizer trained on robot task strings (`tasks`), with SmolVLM2's special tokens (no
+    BOS/EOS added)."""
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tokenizer.train_from_iterator([task + "\n" for task in TASKS], trainer)
+    tokenizer.train_from_iterator([task + "\n" for task in tasks], trainer)
     return TokenizersBackend(tokenizer_object=tokenizer, unk_token="<|endoftext|>", bos_token="<|im_start|>",
                              eos_token="<end_of_utterance>", pad_token="<|im_end|>")
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from configuration_fasvla import FasVLAConfig
-from fasvla.tiny import tiny_config
+from fasvla.tiny import small_config, tiny_config
 from modeling_fasvla import FasVLAForActionPrediction
 from processing_fasvla import FasVLAImageProcessor, FasVLAProcessor
 
@@ -72,10 +72,10 @@ def load_smolvlm_backbone(model: FasVLAForActionPrediction, vlm: str) -> None:
 
 
 def new_config(preset: str, vlm: str | None = None, **fields) -> FasVLAConfig:
-    """A new model's config: the preset's hyperparameters ("tiny" or "full", SmolVLA 0.45B) and, when `vlm` (a
+    """A new model's config: the preset's hyperparameters ("tiny", "small" or "full", SmolVLA 0.45B) and, when `vlm` (a
     SmolVLM(2) folder or Hub id) is given, its backbone: its dimensions, its image size and at most the preset's
     number of VLM layers."""
-    make = tiny_config if preset == "tiny" else FasVLAConfig
+    make = {"tiny": tiny_config, "small": small_config, "full": FasVLAConfig}[preset]
     if vlm is not None:
         from transformers import SmolVLMConfig
 

@@ -234,3 +234,15 @@ def test_two_ddp_processes_on_the_cpu_train_the_same_weights(dataset, tmp_path):
     assert summary["processes"] == 2 and summary["ranks_agree"] is True
     assert summary["samples_per_s"] > 0 and len(metrics(tmp_path)) == 4  # one log line per step, from rank 0 only
     assert AutoModel.from_pretrained(tmp_path / "model", trust_remote_code=True) is not None
+
+
+def test_a_small_model_trains_from_scratch_with_a_tokenizer_of_the_datasets_tasks(dataset, tmp_path):
+    train("--dataset", dataset, "--output_dir", tmp_path, "--preset", "small", "--freeze", "full", "--steps", 2,
+          "--batch_size", 4, "--log_every", 1)
+    model = AutoModel.from_pretrained(tmp_path / "model", trust_remote_code=True)
+    processor = AutoProcessor.from_pretrained(tmp_path / "model", trust_remote_code=True)
+    assert model.config.image_size == 96 and model.config.chunk_size == 16
+    assert 1.5e6 < sum(p.numel() for p in model.parameters()) < 3e6
+    tasks = list(LeRobotDataset(dataset).tasks.values())
+    for task in tasks:  # BPE merges learnt from the dataset's own tasks: fewer tokens than bytes
+        assert len(processor.tokenizer(task)["input_ids"]) < len(task.encode()) / 2
