@@ -114,13 +114,14 @@ def streaming_loop(model, processor, mode: str, period_s: float, latency_s: floa
 
 
 def chunk_loop(prefix_s: list[float], chunk_step_s: list[float], num_steps: int, actions_per_chunk: int,
-               period_s: float, chunks: int) -> dict:
-    """SmolVLA's synchronous execution: observe when the chunk has executed, then a prefix and `num_steps`
-    denoising steps (samples charged in turn), then the actions one per period."""
+               period_s: float, latency_s: float, chunks: int) -> dict:
+    """SmolVLA's synchronous execution: observe when the chunk has executed (the observation arrives `latency_s`
+    later, as the runner's), then a prefix and `num_steps` denoising steps (samples charged in turn), then the
+    actions one per period."""
     prefixes, steps = iter(np.resize(prefix_s, chunks)), iter(np.resize(chunk_step_s, chunks * num_steps))
     timings, now = [], 0.0
     for chunk in range(chunks):
-        ready = now + next(prefixes) + sum(next(steps) for _ in range(num_steps))
+        ready = now + latency_s + next(prefixes) + sum(next(steps) for _ in range(num_steps))
         for k in range(actions_per_chunk):
             due = ready if not timings else timings[-1].sent + period_s
             sent = max(due, ready)
@@ -142,7 +143,8 @@ def control_rows(samples: dict, config: FasVLAConfig, periods_ms, latency_ms: fl
         results["anticipatory, no pipelining"] = streaming_loop(model, processor, "anticipatory", period_s,
                                                                 latency_s, chunks, None, costs)
         results["chunk (SmolVLA)"] = chunk_loop(costs["prefix"], np.array(samples["chunk"]) / 1000,
-                                                config.num_steps, config.n_action_steps, period_s, chunks)
+                                                config.num_steps, config.n_action_steps, period_s, latency_s,
+                                                chunks)
         reference = results["anticipatory"]
         for name, r in results.items():
             rows.append(f"| {period:g} | {name} | {r['gap_p50_ms']:.1f} / {r['gap_p99_ms']:.1f} | "
