@@ -619,3 +619,23 @@ def test_an_unreachable_hub_dataset_is_refused_with_the_reason(monkeypatch):
     """Offline (HF_HUB_OFFLINE=1, as in the tests), a Hub id that is not in the cache cannot be fetched."""
     with pytest.raises(DatasetError, match="neither a folder nor a reachable Hub dataset"):
         LeRobotDataset.open("nobody-here/no-such-dataset")
+
+
+def test_image_stats_accumulated_as_histograms_equal_those_of_the_sampled_pixels(tmp_path):
+    from fasvla.data.writer import EpisodeRecord, _sample_indices, write_lerobot_dataset
+
+    rng = np.random.default_rng(0)
+    images = [rng.integers(10, 240, (length, 8, 8, 3), dtype=np.uint8) for length in (7, 130)]
+    records = [EpisodeRecord("task", {"camera": frames, "x": rng.normal(size=(len(frames), 2)).astype(np.float32)})
+               for frames in images]
+    features = {"camera": {"dtype": "image", "shape": [8, 8, 3], "names": ["height", "width", "channels"]},
+                "x": {"dtype": "float32", "shape": [2], "names": None}}
+    write_lerobot_dataset(tmp_path, records, features, fps=10)
+    stats = json.loads((tmp_path / "meta" / "stats.json").read_text())["camera"]
+    sampled = [frames[_sample_indices(len(frames))] for frames in images]  # LeRobot's frame sample
+    pixels = np.concatenate(sampled).reshape(-1, 3) / 255.0  # (pixels, 3)
+    expected = {"min": pixels.min(0), "max": pixels.max(0), "mean": pixels.mean(0), "std": pixels.std(0),
+                **{name: np.quantile(pixels, q, axis=0) for name, q in (("q01", 0.01), ("q50", 0.5), ("q99", 0.99))}}
+    for name, value in expected.items():
+        np.testing.assert_allclose(np.array(stats[name]).reshape(3), value, rtol=0, atol=1e-12, err_msg=name)
+    assert stats["count"] == [sum(len(frames) for frames in sampled)]

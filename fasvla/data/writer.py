@@ -1,7 +1,8 @@
 """Writing LeRobot datasets (format v2.1 or v3.0) from episodes held in memory, as LeRobot's own recorders write them:
 v2.1 as in lerobot v0.3.3 (one parquet and one mp4 per episode, `meta/episodes_stats.jsonl`), v3.0 as in lerobot
 v0.4.0 and later (several episodes per parquet and per mp4, `meta/episodes/*.parquet`, `meta/stats.json`,
-`meta/tasks.parquet`). Used by the synthetic datasets and by the LIBERO evaluation's recordings.
+`meta/tasks.parquet`). Used by the synthetic datasets, the LIBERO evaluation's recordings and the scripted LIBERO
+demonstrations (whose frames may be memory-mapped arrays: image stats are accumulated per episode).
 
     write_lerobot_dataset(root, [EpisodeRecord(task, {"observation.state": (T, 8), ...}, metadata)], features, fps)
 """
@@ -76,34 +77,66 @@ def _sample_indices(length: int) -> np.ndarray:
     return np.round(np.linspace(0, length - 1, num)).astype(int)
 
 
-def _feature_stats(values: np.ndarray, is_image: bool, with_quantiles: bool) -> dict:
-    """Stats over the first axis of (N, ...) values as JSON lists: length D for (N, D) or (N,) -> D = 1; per
-    channel, shape (3, 1, 1) in [0, 1], for (N, S, S, 3) uint8 images. `count` is [N]."""
-    count = len(values)
-    if is_image:
-        data, shape = values.reshape(-1, 3) / 255.0, (3, 1, 1)  # (N * S * S, 3)
-    else:
-        data = values.reshape(count, -1)  # (N, D)
-        shape = (data.shape[1],)
+def _feature_stats(values: np.ndarray, with_quantiles: bool) -> dict:
+    """Stats over the first axis of (N, D) or (N,) values (D = 1) as JSON lists of length D; `count` is [N]."""
+    data = values.reshape(len(values), -1)  # (N, D)
     as_float = data.astype(np.float64)
     stats = {"min": data.min(axis=0), "max": data.max(axis=0), "mean": as_float.mean(axis=0),
              "std": as_float.std(axis=0)}
-    stats = {name: value.reshape(shape).tolist() for name, value in stats.items()}
+    stats = {name: value.tolist() for name, value in stats.items()}
+    stats["count"] = [len(values)]
+    if with_quantiles:
+        quantiles = np.quantile(as_float, list(QUANTILES.values()), axis=0)  # (5, D), one sort
+        stats.update({name: q.tolist() for name, q in zip(QUANTILES, quantiles)})
+    return stats
+
+
+def _image_histogram(images: np.ndarray) -> np.ndarray:
+    """(3, 256) counts of every value of every channel of (N, S, S, 3) uint8 images."""
+    return np.stack([np.bincount(images[..., channel].ravel(), minlength=256) for channel in range(3)])
+
+
+def _histogram_quantile(cumulative: np.ndarray, levels: np.ndarray, q: float) -> np.ndarray:
+    """(3,) quantile q of each channel from its (3, 256) cumulative counts, interpolated as np.quantile's default:
+    position (n - 1) q between the sorted values x[floor] and x[floor + 1], x[k] being the first level whose
+    cumulative count exceeds k."""
+    total = cumulative[:, -1]
+    position = (total - 1) * q
+    below = np.floor(position)
+    sorted_value = lambda k: levels[[np.searchsorted(c, i, side="right") for c, i in zip(cumulative, k)]]  # noqa: E731
+    low, high = sorted_value(below), sorted_value(np.minimum(below + 1, total - 1))
+    return low + (position - below) * (high - low)
+
+
+def _image_stats(histogram: np.ndarray, count: int, with_quantiles: bool) -> dict:
+    """Per-channel stats of the pixel values in [0, 1], shape (3, 1, 1), from their (3, 256) histogram: the numbers
+    the pixels themselves give, in memory that does not grow with the dataset. `count` is [frames]."""
+    levels = np.arange(256) / 255.0  # (256,)
+    pixels = histogram.sum(axis=1)  # (3,)
+    mean = histogram @ levels / pixels
+    seen = histogram > 0
+    stats = {"min": levels[seen.argmax(axis=1)], "max": levels[255 - seen[:, ::-1].argmax(axis=1)], "mean": mean,
+             "std": np.sqrt((histogram * (levels - mean[:, None]) ** 2).sum(axis=1) / pixels)}
+    stats = {name: value.reshape(3, 1, 1).tolist() for name, value in stats.items()}
     stats["count"] = [count]
     if with_quantiles:
-        quantiles = np.quantile(as_float, list(QUANTILES.values()), axis=0)  # (5, D) or (5, 3), one sort
-        stats.update({name: q.reshape(shape).tolist() for name, q in zip(QUANTILES, quantiles)})
+        cumulative = histogram.cumsum(axis=1)
+        stats.update({name: _histogram_quantile(cumulative, levels, q).reshape(3, 1, 1).tolist()
+                      for name, q in QUANTILES.items()})
     return stats
 
 
 def _stats(episodes: list[dict], features: dict, with_quantiles: bool) -> dict:
-    """Stats of every feature over the frames of `episodes` (image stats over LeRobot's frame sample)."""
+    """Stats of every feature over the frames of `episodes` (image stats over LeRobot's frame sample, accumulated
+    episode by episode as histograms: a dataset's frames need not fit in memory)."""
     stats = {}
     for key, feature in features.items():
-        is_image = feature["dtype"] in ("image", "video")
-        parts = [columns[key][_sample_indices(len(columns[key]))] if is_image else columns[key]
-                 for columns in episodes]
-        stats[key] = _feature_stats(np.concatenate(parts), is_image, with_quantiles)
+        if feature["dtype"] in ("image", "video"):
+            samples = [_sample_indices(len(columns[key])) for columns in episodes]
+            histogram = sum(_image_histogram(columns[key][rows]) for columns, rows in zip(episodes, samples))
+            stats[key] = _image_stats(histogram, sum(len(rows) for rows in samples), with_quantiles)
+        else:
+            stats[key] = _feature_stats(np.concatenate([columns[key] for columns in episodes]), with_quantiles)
     return stats
 
 

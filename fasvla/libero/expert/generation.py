@@ -1,0 +1,191 @@
+"""Demonstration jobs: one job fills one demonstration slot of one task (plan, keep if successful, replay, stage).
+
+Slot j of a task starts from init state `init_states[j % len(init_states)]`; its attempts draw their styles from a
+random stream named by (seed, suite, task, slot, attempt), so a dataset does not depend on the number of workers or
+on the order jobs run in. An attempt is kept when the plan succeeds within the suite's step limit and the rendered
+replay succeeds at the same step. The kept frames go to `staging/` as .npy files (memory-mapped when the dataset is
+written), so memory does not grow with the number of demonstrations.
+"""
+
+import functools
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fasvla.libero.env import SUITE_MAX_STEPS, LiberoEnv, prepare_rendering
+from fasvla.libero.expert.demos import PlanningEnv, plan_episode, record_episode
+from fasvla.libero.expert.diversity import Diversity, episode_rng
+from fasvla.libero.expert.plans import check_supported
+
+
+@dataclass(frozen=True)
+class DemoJob:
+    suite: str
+    task_id: int
+    demo_index: int  # the slot within the task
+    init_state_id: int
+
+
+@dataclass(frozen=True)
+class GenerationOptions:
+    diversity: Diversity
+    seed: int
+    resolution: int
+    attempts_per_demo: int
+    stop_at_success: bool
+    staging: Path
+
+
+@dataclass
+class Attempt:
+    """One planned episode, as written to attempts.jsonl."""
+
+    suite: str
+    task_id: int
+    demo_index: int
+    init_state_id: int
+    attempt: int
+    planned_success: bool
+    success_step: int | None
+    steps: int
+    plan_s: float
+    placement_seed: int | None = None
+    replayed_success: bool | None = None  # None: not replayed (the plan failed)
+    render_s: float | None = None
+    kept: bool = False
+    frames_dir: str | None = None
+    style: dict | None = None
+
+
+@functools.cache
+def task_goal(suite: str, task_id: int) -> tuple[str, list[tuple]]:
+    """The task's language and BDDL goal, read from its BDDL file without building an environment."""
+    prepare_rendering()
+    from libero.libero import benchmark, get_libero_path
+    from libero.libero.envs.bddl_utils import robosuite_parse_problem
+
+    task = benchmark.get_benchmark_dict()[suite]().get_task(task_id)
+    problem = robosuite_parse_problem(os.path.join(get_libero_path("bddl_files"), task.problem_folder,
+                                                   task.bddl_file))
+    return task.language, [tuple(predicate) for predicate in problem["goal_state"]]
+
+
+def check_tasks(suites: list[str], task_ids: list[int]) -> None:
+    """Raise a ValueError naming every requested task whose goal the expert cannot solve."""
+    problems = []
+    for suite in suites:
+        for task_id in task_ids:
+            language, goal = task_goal(suite, task_id)
+            try:
+                check_supported(goal)
+            except ValueError as error:
+                problems.append(f"{suite} task {task_id} ({language!r}): {error}")
+    if problems:
+        raise ValueError("unsupported tasks (leave them out with --task_ids):\n  " + "\n  ".join(problems))
+
+
+def make_jobs(suites: list[str], task_ids: list[int], demos_per_task: int, init_states: list[int]) -> list[DemoJob]:
+    return [DemoJob(suite, task_id, j, init_states[j % len(init_states)])
+            for suite in suites for task_id in task_ids for j in range(demos_per_task)]
+
+
+class TaskEnvironments:
+    """The planning and the rendering environment of the task last asked for (a worker runs one task at a time)."""
+
+    def __init__(self, resolution: int):
+        self.resolution, self.key, self.planning, self.rendering = resolution, None, None, None
+
+    def get(self, suite: str, task_id: int) -> tuple[PlanningEnv, LiberoEnv]:
+        if self.key != (suite, task_id):
+            self.close()
+            self.planning = PlanningEnv(suite, task_id)
+            self.rendering = LiberoEnv(suite, task_id, resolution=self.resolution)
+            self.key = (suite, task_id)
+        return self.planning, self.rendering
+
+    def close(self) -> None:
+        for env in (self.planning, self.rendering):
+            if env is not None:
+                env.close()
+        self.key, self.planning, self.rendering = None, None, None
+
+
+def run_job(job: DemoJob, options: GenerationOptions, envs: TaskEnvironments) -> list[Attempt]:
+    """Attempts for one slot until one is kept or `attempts_per_demo` are spent."""
+    planning, rendering = envs.get(job.suite, job.task_id)
+    suite_index = list(SUITE_MAX_STEPS).index(job.suite)
+    attempts = []
+    for number in range(options.attempts_per_demo):
+        rng = episode_rng(options.seed, suite_index, job.task_id, job.demo_index, number)
+        style = options.diversity.sample(rng)
+        plan = plan_episode(planning, job.init_state_id, style, rng, SUITE_MAX_STEPS[job.suite],
+                            options.stop_at_success)
+        attempt = Attempt(job.suite, job.task_id, job.demo_index, job.init_state_id, number,
+                          plan.success_step is not None, plan.success_step, len(plan.actions), plan.seconds,
+                          plan.placement_seed, style=asdict(style))
+        attempts.append(attempt)
+        if plan.success_step is None:
+            continue
+        recording = record_episode(rendering, plan)
+        attempt.replayed_success = recording.success_step == plan.success_step
+        attempt.render_s = recording.seconds
+        if attempt.replayed_success:
+            attempt.kept = True
+            attempt.frames_dir = str(stage_frames(recording.frames, options.staging / frames_name(job)))
+            break
+    return attempts
+
+
+def frames_name(job: DemoJob) -> str:
+    return f"{job.suite}/task_{job.task_id:02d}/demo_{job.demo_index:04d}"
+
+
+def stage_frames(frames: dict[str, np.ndarray], folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for key, values in frames.items():
+        np.save(folder / f"{key}.npy", values)
+    return folder
+
+
+def load_frames(folder: Path, keys: list[str]) -> dict[str, np.ndarray]:
+    """The staged frames, memory-mapped (read from disk as the writer needs them)."""
+    return {key: np.load(Path(folder) / f"{key}.npy", mmap_mode="r") for key in keys}
+
+
+def summarize(attempts: list[Attempt], requested_per_task: int) -> dict:
+    """Per task and overall: demonstrations kept of those requested, attempts, planned successes, replays that did
+    not reproduce the plan, frames, and the mean seconds per planned and per rendered episode."""
+    groups = {}
+    for attempt in attempts:
+        groups.setdefault(f"{attempt.suite}/{attempt.task_id}", []).append(attempt)
+    per_task = {name: _counts(group, requested_per_task) for name, group in sorted(groups.items())}
+    overall = _counts(attempts, requested_per_task * len(groups))
+    return {"overall": overall, "tasks": per_task}
+
+
+def _counts(attempts: list[Attempt], requested: int) -> dict:
+    planned = [a for a in attempts if a.planned_success]
+    kept = [a for a in attempts if a.kept]
+    rendered = [a for a in attempts if a.render_s is not None]
+    return {"requested": requested, "kept": len(kept), "attempts": len(attempts), "planned_successes": len(planned),
+            "plan_success_rate": len(planned) / len(attempts) if attempts else 0.0,
+            "replay_mismatches": sum(a.replayed_success is False for a in attempts),
+            "frames": sum(a.steps for a in kept),
+            "mean_plan_s": float(np.mean([a.plan_s for a in attempts])) if attempts else 0.0,
+            "mean_render_s": float(np.mean([a.render_s for a in rendered])) if rendered else 0.0}
+
+
+def summary_table(summary: dict) -> str:
+    """The summary as a text table, one row per task and one overall."""
+    header = f"{'task':<18} {'kept':>9} {'attempts':>8} {'planned ok':>10} {'replay bad':>10} {'frames':>7} " \
+             f"{'plan s/ep':>9} {'render s/ep':>11}"
+    rows = [header] + [_table_row(name, counts) for name, counts in summary["tasks"].items()]
+    return "\n".join(rows + [_table_row("overall", summary["overall"])])
+
+
+def _table_row(name: str, c: dict) -> str:
+    kept = f"{c['kept']}/{c['requested']}"
+    return f"{name:<18} {kept:>9} {c['attempts']:>8} {c['planned_successes']:>10} {c['replay_mismatches']:>10} " \
+           f"{c['frames']:>7} {c['mean_plan_s']:>9.1f} {c['mean_render_s']:>11.1f}"
