@@ -89,7 +89,10 @@ def parse_args(argv=None):
 def real_time_options(args) -> RealTimeOptions | None:
     if not args.real_time:
         return None
-    costs = None if args.compute_ms is None else {"step": args.compute_ms[0] / 1000, "prefix": args.compute_ms[1] / 1000}
+    costs = None
+    if args.compute_ms is not None:
+        step_ms, prefix_ms = args.compute_ms
+        costs = {"step": step_ms / 1000, "prefix": prefix_ms / 1000}
     return RealTimeOptions(args.state_latency_ms / 1000, costs, args.prefix_lead or None)
 
 

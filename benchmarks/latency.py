@@ -149,7 +149,8 @@ def control_rows(samples: dict, config: FasVLAConfig, periods_ms, latency_ms: fl
         for name, r in results.items():
             rows.append(f"| {period:g} | {name} | {r['gap_p50_ms']:.1f} / {r['gap_p99_ms']:.1f} | "
                         f"{r['misses']} / {r['actions']} | {r['boundary_halt_ms']:.1f} | "
-                        f"{r['gap_p50_ms'] / reference['gap_p50_ms']:.2f}x / {r['gap_p99_ms'] / reference['gap_p99_ms']:.2f}x |")
+                        f"{r['gap_p50_ms'] / reference['gap_p50_ms']:.2f}x / "
+                        f"{r['gap_p99_ms'] / reference['gap_p99_ms']:.2f}x |")
     return rows
 
 

@@ -5,8 +5,9 @@
     python benchmarks/train_throughput.py --preset small --freeze full --batch_size 32   # from scratch on a CPU
 
 One optimizer step = forward (prefix + Q-query suffix), backward and AdamW on a fixed batch, with SmolVLA's default
-freezing (the VLM frozen, the expert trained) unless `--freeze` says otherwise. A training *sample* is one observation; each carries Q flow-time
-queries, so the loss sees B * Q flow samples per step for one prefix pass per observation.
+freezing (the VLM frozen, the expert trained) unless `--freeze` says otherwise. A training *sample* is one
+observation; each carries Q flow-time queries, so the loss sees B * Q flow samples per step for one prefix pass per
+observation.
 """
 
 import argparse
@@ -88,7 +89,8 @@ def main(argv=None):
 
     where = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"# {args.preset} model, batch {args.batch_size}, {'bf16 autocast' if args.bf16 else 'float32'}, {where}, "
-          f"torch {torch.__version__}; freeze: {args.freeze}, {trained / 1e6:.2f}M of {total / 1e6:.2f}M parameters trained")
+          f"torch {torch.__version__}; freeze: {args.freeze}, {trained / 1e6:.2f}M of {total / 1e6:.2f}M parameters "
+          "trained")
     print("| queries Q | step ms | observations / s | flow samples / s | flow samples / s vs Q=1 | peak memory GiB |")
     print("|---|---|---|---|---|---|")
     baseline = None

@@ -1,4 +1,5 @@
-"""Measurements for the benchmarks: wall-clock timing (warm-up calls first, the accelerator synchronised around each\ncall), the bytes of weights a streamed step reads and the memory bandwidth that bounds it."""
+"""Measurements for the benchmarks: wall-clock timing (warm-up calls first, the accelerator synchronised around
+each call), the bytes of weights a streamed step reads and the memory bandwidth that bounds it."""
 
 import statistics
 import time

@@ -87,6 +87,7 @@ def markdown_table(summary: dict, title: str, real_time: bool = False) -> str:
         label = f"{name} ({entry['task']})" if "task" in entry else f"**{name}**"
         cells = (f" {entry['held_steps']:.1f} | {entry['missed_deadlines']:.1f} |" if real_time else "")
         rows.append(f"| {label} | {percent_with_interval(entry)} | {entry['episodes']} | "
-                    f"{entry['mean_steps']:.1f} | {entry['policy_ms_per_action']:.1f} | {entry['env_ms_per_step']:.1f} |"
+                    f"{entry['mean_steps']:.1f} | {entry['policy_ms_per_action']:.1f} | "
+                    f"{entry['env_ms_per_step']:.1f} |"
                     + cells)
     return "\n".join(rows) + "\n"
