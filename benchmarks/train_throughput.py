@@ -13,7 +13,6 @@ observation.
 import argparse
 import statistics
 import sys
-import time
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -23,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from configuration_fasvla import FasVLAConfig  # noqa: E402
 from fasvla.tiny import fake_observation, fake_targets, small_config, tiny_config, tiny_tokenizer  # noqa: E402
+from fasvla.timing import timed  # noqa: E402
 from fasvla.training import FREEZE_MODES, freeze, make_optimizer  # noqa: E402
 from modeling_fasvla import FasVLAForActionPrediction  # noqa: E402
 from processing_fasvla import FasVLAProcessor  # noqa: E402
@@ -42,22 +42,17 @@ def batch_for(config, processor, batch_size: int, device) -> dict:
 
 
 def step_times(model, batch, optimizer, repeats: int, device, bf16: bool) -> list[float]:
+    """Seconds of `repeats` optimizer steps after two warm-up steps."""
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
-    times = []
-    for i in range(repeats + 2):  # two warm-up steps
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
+
+    def step():
         with autocast:
             loss = model(**batch).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        if i >= 2:
-            times.append(time.perf_counter() - start)
-    return times
+
+    return [ms / 1000 for ms in timed(step, repeats, device)]
 
 
 def main(argv=None):

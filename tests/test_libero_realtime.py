@@ -28,7 +28,7 @@ class FakeEnv:
         self.max_steps, self.success_at, self.cameras = max_steps, success_at, list(CAMERAS)
         self.received, self.forces = [], []
 
-    def reset(self, init_state_id):
+    def reset(self, init_state_id, placement_seed=None):
         self.tick, self.state = 0, np.zeros(8, np.float32)
         return self._observation()
 

@@ -11,7 +11,7 @@ import torch
 import eval_libero
 from fasvla.data.lerobot_dataset import LeRobotDataset
 from fasvla.libero.env import WAIT_ACTION, WAIT_STEPS, LiberoEnv, to_env_action
-from fasvla.libero.episode import EpisodeJob, EpisodeRun, run_episode
+from fasvla.libero.episode import EpisodeJob, EpisodeRun, episode_seed, run_episode
 from fasvla.libero.perturbations import Perturbation
 from fasvla.libero.policy import StreamingController
 from fasvla.tiny import tiny_model_and_processor
@@ -177,3 +177,22 @@ def test_the_feedback_comparison_runs_every_condition_and_resumes(tmp_path, tiny
     before = lines()
     compare_libero.main(argv)  # everything done: nothing runs again
     assert lines() == before
+
+
+def test_an_episode_depends_on_its_own_seed_not_on_the_episodes_before_it(model):
+    """The hard reset re-places the fixtures (here the cabinet and the stove) with numpy's global generator: each
+    episode seeds it, so a resumed or sharded evaluation reruns an episode exactly."""
+    network, processor = model
+    with LiberoEnv("libero_goal", task_id=7, resolution=64) as goal_env:  # "turn on the stove"
+        goal_env.max_steps = 3
+
+        def scene(trial: int) -> np.ndarray:
+            job = EpisodeJob("libero_goal", 7, trial)
+            controller = StreamingController(network, processor, goal_env.task_language, "anticipatory")
+            run = EpisodeRun(goal_env, controller, job, Perturbation(), seed=episode_seed(7, job), record=False)
+            next(iter(run))
+            return goal_env.env.env.sim.model.body_pos.copy()  # where the rebuilt model put every body
+
+        first = scene(2)
+        assert not np.array_equal(scene(3), first)  # another episode: its fixtures sit elsewhere
+        np.testing.assert_array_equal(scene(2), first)

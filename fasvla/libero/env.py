@@ -94,6 +94,46 @@ def prepare_rendering() -> None:
     os.environ.setdefault("LIBERO_CONFIG_PATH", str(Path.home() / ".libero"))
 
 
+@dataclass(frozen=True)
+class LiberoTask:
+    language: str
+    bddl_file: Path
+    init_states: np.ndarray  # the task's fixed init states (50 in every suite)
+
+
+def libero_task(suite: str, task_id: int) -> LiberoTask:
+    """A LIBERO task's language, BDDL file and init states (LIBERO imported here, after `prepare_rendering`)."""
+    if suite not in SUITE_MAX_STEPS:
+        raise ValueError(f"suite must be one of {tuple(SUITE_MAX_STEPS)}, got {suite!r}")
+    prepare_rendering()
+    from libero.libero import benchmark, get_libero_path
+
+    benchmark_suite = benchmark.get_benchmark_dict()[suite]()
+    if not 0 <= task_id < benchmark_suite.n_tasks:
+        raise ValueError(f"task_id must be in [0, {benchmark_suite.n_tasks}) for {suite}, got {task_id}")
+    task = benchmark_suite.get_task(task_id)
+    bddl = Path(get_libero_path("bddl_files")) / task.problem_folder / task.bddl_file
+    return LiberoTask(task.language, bddl, benchmark_suite.get_task_init_states(task_id))
+
+
+def reset_to_init_state(env, init_state, placement_seed: int | None = None) -> dict:
+    """The protocol's reset of a LIBERO environment: a hard reset (it also restarts the horizon, which
+    `set_init_state` does not), the fixed init state, then the wait steps while the objects settle and the gripper
+    opens. Returns LIBERO's last observation dict.
+
+    The hard reset rebuilds the model and re-places the fixtures (cabinet, stove, rack: by up to about 1 cm) with
+    numpy's global generator, which the init state does not pin down. `placement_seed` seeds it first (LIBERO's
+    `env.seed`), so that an episode's scene depends on its own seed, not on how many resets came before."""
+    if placement_seed is not None:
+        env.seed(placement_seed)
+    env.reset()
+    env.set_init_state(init_state)
+    raw = None
+    for _ in range(WAIT_STEPS):
+        raw, _, _, _ = env.step(WAIT_ACTION)
+    return raw
+
+
 @dataclass
 class Observation:
     images: list[np.ndarray]  # per model camera, (H, W, 3) uint8, upright
@@ -107,36 +147,24 @@ class LiberoEnv:
 
     def __init__(self, suite: str, task_id: int, resolution: int = 256, seed: int = 7,
                  cameras=tuple(CAMERAS), gripper_close_sign: float = 1.0):
-        if suite not in SUITE_MAX_STEPS:
-            raise ValueError(f"suite must be one of {tuple(SUITE_MAX_STEPS)}, got {suite!r}")
         unknown = [c for c in cameras if c not in CAMERAS]
         if unknown:
             raise ValueError(f"cameras {unknown} are not LIBERO cameras; known: {list(CAMERAS)}")
-        prepare_rendering()
-        from libero.libero import benchmark, get_libero_path
+        task = libero_task(suite, task_id)
         from libero.libero.envs import OffScreenRenderEnv
 
-        benchmark_suite = benchmark.get_benchmark_dict()[suite]()
-        if not 0 <= task_id < benchmark_suite.n_tasks:
-            raise ValueError(f"task_id must be in [0, {benchmark_suite.n_tasks}) for {suite}, got {task_id}")
-        task = benchmark_suite.get_task(task_id)
-        bddl = Path(get_libero_path("bddl_files")) / task.problem_folder / task.bddl_file
         self.suite, self.task_id, self.task_language = suite, task_id, task.language
         self.max_steps = SUITE_MAX_STEPS[suite]
         self.cameras, self.gripper_close_sign = list(cameras), gripper_close_sign
-        self.init_states = benchmark_suite.get_task_init_states(task_id)
-        self.env = OffScreenRenderEnv(bddl_file_name=str(bddl), camera_heights=resolution, camera_widths=resolution)
+        self.init_states = task.init_states
+        self.env = OffScreenRenderEnv(bddl_file_name=str(task.bddl_file), camera_heights=resolution,
+                                      camera_widths=resolution)
         self.env.seed(seed)
 
-    def reset(self, init_state_id: int) -> Observation:
+    def reset(self, init_state_id: int, placement_seed: int | None = None) -> Observation:
         if not 0 <= init_state_id < len(self.init_states):
             raise ValueError(f"init_state_id must be in [0, {len(self.init_states)}), got {init_state_id}")
-        self.env.reset()  # also restarts the horizon, which set_init_state does not
-        self.env.set_init_state(self.init_states[init_state_id])
-        raw = None
-        for _ in range(WAIT_STEPS):  # the objects settle while the gripper opens
-            raw, _, _, _ = self.env.step(WAIT_ACTION)
-        return self.observation(raw)
+        return self.observation(reset_to_init_state(self.env, self.init_states[init_state_id], placement_seed))
 
     def step(self, action: np.ndarray, push_force: np.ndarray | None = None) -> tuple[Observation, bool]:
         """Execute a model action; `push_force` (3,) newtons, world frame, pushes the end effector meanwhile."""

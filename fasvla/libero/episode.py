@@ -52,6 +52,7 @@ class EpisodeRun:
                  record: bool = True):
         self.env, self.controller, self.job, self.perturbation, self.seed = env, controller, job, perturbation, seed
         self.init_state_id = job.trial % len(env.init_states)
+        self.placement_seed = seed % 2**31  # the fixtures' placement: a function of the episode alone
         self.recorder = EpisodeRecorder(env.cameras) if record else None
         self.success, self.steps, self.policy_s, self.env_s = False, 0, 0.0, 0.0
 
@@ -59,7 +60,7 @@ class EpisodeRun:
         torch.manual_seed(self.seed)  # the chunk objective's noise, the same for every rerun of this episode
         actions = PerturbedActions(self.perturbation, self.seed)
         self.controller.reset()
-        observation = self.env.reset(self.init_state_id)
+        observation = self.env.reset(self.init_state_id, self.placement_seed)
         for step in range(self.env.max_steps):
             output = self.controller.act(observation)
             sent = actions(output.action)

@@ -141,7 +141,8 @@ class RealTimeEpisodeRun(EpisodeRun):
         torch.manual_seed(self.seed)
         clock = SimulatedClock()
         actions = PerturbedActions(self.perturbation, self.seed)
-        self.robot = LiberoRobot(self.env, clock, actions, self.options.latency_s, self.env.reset(self.init_state_id))
+        observation = self.env.reset(self.init_state_id, self.placement_seed)
+        self.robot = LiberoRobot(self.env, clock, actions, self.options.latency_s, observation)
         self.runner = RealTimeRunner(self.model, self.processor, self.env.task_language, self.robot,
                                      self.robot.period_s, self.feedback_mode, self.n_action_steps,
                                      self.options.prefix_lead, clock, SimulatedWorker(clock, self.options.costs))

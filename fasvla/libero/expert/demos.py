@@ -5,8 +5,8 @@ than `OffScreenRenderEnv`). MuJoCo is deterministic: the planned actions, replay
 same model in the rendering `LiberoEnv`, reproduce the planned trajectory bit for bit, so only the kept
 demonstrations pay for rendering. The same model needs care: LIBERO's hard reset rebuilds it and re-places the
 fixtures (cabinet, stove, wine rack: by up to about 1 cm) with numpy's global random generator, and the init state
-does not hold their placement. Both resets are therefore preceded by seeding that generator (LIBERO's own `env.seed`)
-with the plan's placement seed. The replay still checks: a demonstration is kept only if it succeeds at the
+does not hold their placement. Both resets therefore take the plan's placement seed (`reset_to_init_state`). The
+replay still checks: a demonstration is kept only if it succeeds at the
 planned step.
 
 Both environments follow the evaluation protocol (DESIGN.md section 7): hard reset, the fixed init state, 10 wait
@@ -16,46 +16,36 @@ expert acted on and the action it sent (LIBERO's convention: gripper -1 open, +1
 
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from fasvla.libero.env import CAMERAS, WAIT_ACTION, WAIT_STEPS, LiberoEnv, prepare_rendering, to_env_action
+from fasvla.libero.env import CAMERAS, LiberoEnv, libero_task, reset_to_init_state, to_env_action
 from fasvla.libero.expert.diversity import Style
 from fasvla.libero.expert.expert import solve
 from fasvla.libero.expert.motions import Arm, EpisodeEnded
 from fasvla.libero.expert.scene import Scene
-from fasvla.libero.recording import ACTION_NAMES, STATE_NAMES
+from fasvla.libero.recording import rollout_features
 
 
 def demo_features(resolution: int, cameras=tuple(CAMERAS)) -> dict:
-    """The features of LeRobot's LIBERO datasets: two videos, the 8-dim state, the 7-dim action."""
-    camera = {"dtype": "video", "shape": [resolution, resolution, 3], "names": ["height", "width", "channels"]}
-    return {**{key: dict(camera) for key in cameras},
-            "observation.state": {"dtype": "float32", "shape": [len(STATE_NAMES)], "names": list(STATE_NAMES)},
-            "action": {"dtype": "float32", "shape": [len(ACTION_NAMES)], "names": list(ACTION_NAMES)}}
+    """The features of LeRobot's LIBERO datasets: two videos, the 8-dim state, the 7-dim action (the recordings'
+    features without the policy's columns)."""
+    return {key: feature for key, feature in rollout_features(resolution, list(cameras)).items()
+            if not key.startswith("policy.")}
 
 
 class PlanningEnv:
     """One LIBERO task without renderer or cameras, reset as `LiberoEnv` resets (same init states, same waits)."""
 
     def __init__(self, suite: str, task_id: int):
-        prepare_rendering()  # LIBERO's config path must be set before it is imported
-        from libero.libero import benchmark, get_libero_path
+        task = libero_task(suite, task_id)
         from libero.libero.envs.env_wrapper import ControlEnv
 
-        benchmark_suite = benchmark.get_benchmark_dict()[suite]()
-        task = benchmark_suite.get_task(task_id)
-        bddl = Path(get_libero_path("bddl_files")) / task.problem_folder / task.bddl_file
-        self.init_states = benchmark_suite.get_task_init_states(task_id)
-        self.env = ControlEnv(bddl_file_name=str(bddl), has_offscreen_renderer=False, use_camera_obs=False)
+        self.init_states = task.init_states
+        self.env = ControlEnv(bddl_file_name=str(task.bddl_file), has_offscreen_renderer=False, use_camera_obs=False)
 
     def reset(self, init_state_id: int, placement_seed: int) -> Scene:
-        self.env.seed(placement_seed)  # the fixtures' placement in the rebuilt model
-        self.env.reset()  # restarts the horizon, which set_init_state does not
-        self.env.set_init_state(self.init_states[init_state_id])
-        for _ in range(WAIT_STEPS):
-            self.env.step(WAIT_ACTION)
+        reset_to_init_state(self.env, self.init_states[init_state_id], placement_seed)
         return Scene(self.env.env)
 
     def step(self, action: np.ndarray) -> bool:
@@ -99,8 +89,7 @@ class Recording:
 def record_episode(env: LiberoEnv, plan: Plan) -> Recording:
     """Replay a plan's actions on its model and init state with cameras, recording what each action was taken on."""
     started = time.perf_counter()
-    env.env.seed(plan.placement_seed)
-    observation = env.reset(plan.init_state_id)
+    observation = env.reset(plan.init_state_id, plan.placement_seed)
     frames = {key: [] for key in [*env.cameras, "observation.state", "action"]}
     success_step = None
     for t, action in enumerate(plan.actions):

@@ -8,13 +8,12 @@ written), so memory does not grow with the number of demonstrations.
 """
 
 import functools
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from fasvla.libero.env import SUITE_MAX_STEPS, LiberoEnv, prepare_rendering
+from fasvla.libero.env import SUITE_MAX_STEPS, LiberoEnv, libero_task
 from fasvla.libero.expert.demos import PlanningEnv, plan_episode, record_episode
 from fasvla.libero.expert.diversity import Diversity, episode_rng
 from fasvla.libero.expert.plans import check_supported
@@ -62,13 +61,10 @@ class Attempt:
 @functools.cache
 def task_goal(suite: str, task_id: int) -> tuple[str, list[tuple]]:
     """The task's language and BDDL goal, read from its BDDL file without building an environment."""
-    prepare_rendering()
-    from libero.libero import benchmark, get_libero_path
+    task = libero_task(suite, task_id)
     from libero.libero.envs.bddl_utils import robosuite_parse_problem
 
-    task = benchmark.get_benchmark_dict()[suite]().get_task(task_id)
-    problem = robosuite_parse_problem(os.path.join(get_libero_path("bddl_files"), task.problem_folder,
-                                                   task.bddl_file))
+    problem = robosuite_parse_problem(str(task.bddl_file))
     return task.language, [tuple(predicate) for predicate in problem["goal_state"]]
 
 
