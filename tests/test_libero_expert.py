@@ -385,7 +385,7 @@ def test_the_generator_writes_a_dataset_of_replayed_demonstrations(tmp_path, mon
         original_init(self, *args, **kwargs)
         step, reset = self.env.step, self.reset
         self.env.step = lambda action: received.append(np.array(action)) or step(action)
-        self.reset = lambda init_state_id: first_observations.append(reset(init_state_id)) or first_observations[-1]
+        self.reset = lambda *reset_args: first_observations.append(reset(*reset_args)) or first_observations[-1]
 
     monkeypatch.setattr(LiberoEnv, "__init__", recording_init)
     summary = generate_libero_demos.main([
