@@ -7,8 +7,8 @@ Policies: the chunk model (SmolVLA's execution: plan H actions, execute `n_actio
 streaming model with open-loop, synchronous and anticipatory feedback. Perturbations: none, delayed actions, an
 external push, action noise. Every (perturbation, policy) condition is an `eval_libero.py` run over the same tasks
 and trials (`--first_trial` picks init states not trained on) in `<output_dir>/<perturbation>/<policy>/`; a rerun
-resumes what was interrupted. Writes `comparison.md`, `comparison.json` and `comparison.png` (success rates with
-95% Wilson intervals).
+resumes what was interrupted. Writes `comparison.md`, `comparison.json` and `comparison.png`: success rates with
+95% Wilson intervals, and paired differences between policies on the same episodes with an exact sign test.
 """
 
 import argparse
@@ -18,7 +18,8 @@ from pathlib import Path
 
 import eval_libero
 from fasvla.libero.comparison import (POLICIES, comparison_figure, comparison_table, condition_arguments,
-                                      condition_folder, perturbations, read_condition)
+                                      condition_folder, episode_seconds, paired_differences, paired_table,
+                                      perturbations, read_condition, read_outcomes)
 
 
 def parse_args(argv=None):
@@ -48,19 +49,26 @@ def main(argv=None) -> dict:
     models = {"stream": args.stream_model, "chunk": args.chunk_model}
     chosen = [policy for policy in POLICIES if policy.name in args.policies]
     arguments = perturbations(args.action_delay, tuple(args.push), args.action_noise)
-    summaries, started = {}, time.perf_counter()
+    summaries, outcomes, started, inside = {}, {}, time.perf_counter(), 0.0
     for perturbation in args.perturbations:
         for policy in chosen:
             folder = condition_folder(root, perturbation, policy)
             print(f"\n== {perturbation} / {policy.name} -> {folder}", flush=True)
             eval_libero.main(condition_arguments(policy, models, arguments[perturbation], args.common, folder))
             summaries[(perturbation, policy.name)] = read_condition(folder)
+            outcomes[(perturbation, policy.name)] = read_outcomes(folder)
+            inside += episode_seconds(folder)
     table = comparison_table(summaries, chosen, args.perturbations)
+    differences = paired_differences(outcomes, chosen, args.perturbations)
+    table += "\n" + paired_table(differences, args.perturbations)
     wall = time.perf_counter() - started
-    (root / "comparison.md").write_text(f"# LIBERO: feedback comparison\n\n{table}\n{wall:.0f} s of wall time\n")
+    footer = (f"{inside:.0f} s of policy and simulator time inside the episodes (over every run, resumed ones "
+              f"included); {wall:.0f} s of wall time in the last run")
+    (root / "comparison.md").write_text(f"# LIBERO: feedback comparison\n\n{table}\n{footer}\n")
     (root / "comparison.json").write_text(json.dumps(
-        {"arguments": vars(args), "wall_s": wall,
-         "conditions": [{"perturbation": p, "policy": n, "summary": s} for (p, n), s in summaries.items()]},
+        {"arguments": vars(args), "wall_s": wall, "episode_s": inside,
+         "conditions": [{"perturbation": p, "policy": n, "summary": s} for (p, n), s in summaries.items()],
+         "paired": differences},
         indent=2, default=str))
     comparison_figure(summaries, chosen, args.perturbations, root / "comparison.png")
     print(table)

@@ -10,8 +10,10 @@
 3. loads the result with AutoModel / AutoProcessor (trust_remote_code) and streams one chunk per feedback mode from
    the first frame of an episode, against a toy robot with the dataset's dynamics that gets pushed mid-chunk, next to
    the actions the dataset recorded there;
-4. where LIBERO is installed (scripts/setup_libero.sh; `make test` runs it), records fresh LIBERO rollouts of that
-   model with eval_libero.py (anticipatory and open-loop feedback under the same push) to outputs/demo/libero;
+4. where LIBERO is installed (scripts/setup_libero.sh; `make test` runs it), records fresh LIBERO rollouts with
+   eval_libero.py of the small FAS-VLA shipped in checkpoints/ (trained on the project's own scripted LIBERO
+   demonstrations, RESULTS.md), anticipatory and open-loop feedback under the same push, on an init state it was not
+   trained on, to outputs/demo/libero;
 5. opens the replay app (app.py) on them and on the example rollouts shipped in examples/libero_rollouts.
 """
 
@@ -31,8 +33,11 @@ from fasvla.data.synthetic import STEP_SCALE, write_synthetic_dataset
 from streaming_fasvla import FEEDBACK_MODES
 
 OUTPUT = Path("outputs/demo")
-# LIBERO rollouts of the demo model: one task and init state, each feedback mode with and without a push
-ROLLOUT_TASK = ["--task_suite_name", "libero_object", "--task_ids", "0", "--num_trials_per_task", "1"]
+# The small FAS-VLA trained on the project's own libero_object demonstrations (RESULTS.md says how)
+LIBERO_MODEL = Path(__file__).resolve().parent / "checkpoints" / "fasvla-small-libero-object"
+# LIBERO rollouts: one task and a held-out init state (40), each feedback mode with and without a push
+ROLLOUT_TASK = ["--task_suite_name", "libero_object", "--task_ids", "0", "--first_trial", "40",
+                "--num_trials_per_task", "1"]
 PUSH = ["--push_step", "30", "--push_force", "0", "60", "0", "--push_steps", "4"]
 ROLLOUT_CONDITIONS = {"anticipatory_push": ["--feedback_mode", "anticipatory", *PUSH],
                       "open_loop_push": ["--feedback_mode", "open_loop", *PUSH],
@@ -68,13 +73,15 @@ def prepare_model(steps: int) -> Path:
     return run / "model"
 
 
-def record_rollouts(model: Path, output_dir: Path, conditions: list[str], max_steps: int,
+def record_rollouts(model: Path, output_dir: Path, conditions: list[str], max_steps: int | None,
                     resolution: int = 128) -> Path:
-    """LIBERO rollouts of `model` recorded by eval_libero.py, one output folder per condition, replacing old ones."""
+    """LIBERO rollouts of `model` recorded by eval_libero.py, one output folder per condition, replacing old ones.
+    max_steps=None runs the suite's full episodes."""
     shutil.rmtree(output_dir, ignore_errors=True)
+    cap = [] if max_steps is None else ["--max_steps", str(max_steps)]
     for name in conditions:
-        eval_libero.main(["--model", str(model), *ROLLOUT_TASK, *ROLLOUT_CONDITIONS[name], "--max_steps",
-                          str(max_steps), "--resolution", str(resolution), "--output_dir", str(output_dir / name)])
+        eval_libero.main(["--model", str(model), *ROLLOUT_TASK, *ROLLOUT_CONDITIONS[name], *cap,
+                          "--resolution", str(resolution), "--output_dir", str(output_dir / name)])
     return output_dir
 
 
@@ -106,14 +113,15 @@ def main(argv=None):
     parser.add_argument("--model", default=None, help="model folder or Hub id (default: train the tiny demo model)")
     parser.add_argument("--steps", type=int, default=300, help="training steps of the tiny demo model")
     parser.add_argument("--push_step", type=int, default=3, help="step after which the toy robot is pushed")
-    parser.add_argument("--rollout_steps", type=int, default=80, help="policy steps of each LIBERO rollout")
+    parser.add_argument("--rollout_steps", type=int, default=None,
+                        help="cap on the steps of each LIBERO rollout (default: the suite's full episode)")
+    parser.add_argument("--libero_model", default=str(LIBERO_MODEL), help="model of the LIBERO rollouts")
     parser.add_argument("--no_app", action="store_true", help="do not open the replay app at the end")
     parser.add_argument("--record_example", default=None, metavar="DIR",
-                        help="only record the app's example rollouts (all conditions, 120 steps) into DIR")
+                        help="only record the app's example rollouts of --libero_model (all conditions) into DIR")
     args = parser.parse_args(argv)
     if args.record_example:
-        record_rollouts(args.model or prepare_model(args.steps), Path(args.record_example), list(ROLLOUT_CONDITIONS),
-                        max_steps=120)
+        record_rollouts(args.libero_model, Path(args.record_example), list(ROLLOUT_CONDITIONS), args.rollout_steps)
         return
 
     from transformers import AutoModel, AutoProcessor
@@ -144,15 +152,17 @@ def main(argv=None):
     print("open_loop conditions on its own prediction, synchronous on the state just measured (it waits for it), "
           "anticipatory on the prediction corrected by the residual (measured - state input) of one step earlier, "
           "so it absorbs the push one step after synchronous without waiting for any measurement.")
-    replay(folder, args)
+    replay(args)
 
 
-def replay(model: Path, args) -> None:
+def replay(args) -> None:
     """Fresh LIBERO rollouts where LIBERO is installed, then the app on them and on the shipped examples."""
     sources = [str(app.EXAMPLE_ROLLOUTS)]
     if importlib.util.find_spec("libero") is not None:
-        print("\nLIBERO is installed: recording rollouts of this model (anticipatory and open-loop, same push)")
-        fresh = record_rollouts(model, OUTPUT / "libero", ["anticipatory_push", "open_loop_push"], args.rollout_steps)
+        print(f"\nLIBERO is installed: recording rollouts of {args.libero_model} (anticipatory and open-loop, same "
+              "push)")
+        fresh = record_rollouts(Path(args.libero_model), OUTPUT / "libero", ["anticipatory_push", "open_loop_push"],
+                                args.rollout_steps)
         sources.insert(0, str(fresh))
     else:
         print("\nLIBERO is not installed (scripts/setup_libero.sh): the app shows the shipped example rollouts")

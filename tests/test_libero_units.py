@@ -210,6 +210,38 @@ def test_the_comparison_table_and_figure_show_every_condition(tmp_path):
     assert "| chunk | 50.0% [15, 85] (4) | not run |" in table
     assert "| stream anticipatory | not run | 50.0% [15, 85] (4) |" in table
     assert "| chunk | 200 steps, 5.0 ms | not run |" in table  # (100 + 280 + 120 + 300) / 4
+    held = {**summary, "overall": {**summary["overall"], "held_steps": 2.5}}
+    assert "| chunk | 200 steps, 5.0 ms, 2.5 held |" in comparison_table({("nominal", "chunk"): held}, [POLICIES[0]],
+                                                                         ["nominal"])
     figure = comparison_figure(summaries, [POLICIES[0], POLICIES[3]], ["nominal", "push"], tmp_path / "c.png")
     assert figure.stat().st_size > 5000
     assert condition_folder(tmp_path, "action delay", POLICIES[2]) == tmp_path / "action_delay" / "stream_synchronous"
+
+
+def test_the_sign_test_matches_scipys_exact_binomial_test():
+    from scipy.stats import binomtest
+
+    from fasvla.libero.comparison import sign_test_p
+
+    for wins in range(9):
+        for losses in range(9):
+            expected = binomtest(wins, wins + losses).pvalue if wins + losses else 1.0
+            assert sign_test_p(wins, losses) == pytest.approx(expected, abs=1e-12)
+    with pytest.raises(ValueError, match="got -1 and 2"):
+        sign_test_p(-1, 2)
+
+
+def test_paired_differences_count_only_the_episodes_both_policies_ran():
+    from fasvla.libero.comparison import POLICIES, paired_difference, paired_differences, paired_table
+
+    anticipatory = {("s", 0, t): ok for t, ok in enumerate([True, True, True, False, True])}
+    open_loop = {("s", 0, t): ok for t, ok in enumerate([True, False, False, True])}  # trial 4 not run
+    paired = paired_difference(anticipatory, open_loop)
+    assert paired == {"episodes": 4, "difference": 0.25, "wins": 2, "losses": 1, "p": 1.0}
+    assert paired_difference(anticipatory, {}) is None
+    outcomes = {("push", "stream anticipatory"): anticipatory, ("push", "stream open loop"): open_loop}
+    differences = paired_differences(outcomes, [POLICIES[1], POLICIES[3]], ["nominal", "push"])
+    assert [(d["pair"], d["perturbation"]) for d in differences] == [
+        (["stream anticipatory", "stream open loop"], "nominal"), (["stream anticipatory", "stream open loop"], "push")]
+    table = paired_table(differences, ["nominal", "push"])
+    assert "| stream anticipatory - stream open loop | not run | +25 (2/1, p=1.00) |" in table

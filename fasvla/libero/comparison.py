@@ -6,6 +6,7 @@ folder, so that an interrupted comparison resumes where it stopped.
 """
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,10 @@ class Policy:
 POLICIES = [Policy("chunk", "chunk", None), Policy("stream open loop", "stream", "open_loop"),
             Policy("stream synchronous", "stream", "synchronous"),
             Policy("stream anticipatory", "stream", "anticipatory")]
+# (policy, reference) pairs compared episode by episode: what feedback adds to the same model, and the method against
+# the chunk baseline
+PAIRS = [("stream anticipatory", "stream open loop"), ("stream synchronous", "stream open loop"),
+         ("stream anticipatory", "stream synchronous"), ("stream anticipatory", "chunk")]
 
 
 def perturbations(action_delay: int, push: tuple[int, float, float, float, int], action_noise: float) -> dict:
@@ -50,6 +55,70 @@ def read_condition(folder: Path) -> dict | None:
     return json.loads(results.read_text())["summary"] if results.is_file() else None
 
 
+def read_outcomes(folder: Path) -> dict[tuple[str, int, int], bool]:
+    """(suite, task id, trial) -> success, for every finished episode of one condition."""
+    results = Path(folder) / "results.json"
+    episodes = json.loads(results.read_text())["episodes"] if results.is_file() else []
+    return {(e["suite"], e["task_id"], e["trial"]): bool(e["success"]) for e in episodes}
+
+
+def episode_seconds(folder: Path) -> float:
+    """Policy and simulator time inside one condition's finished episodes: its cost, however often it resumed."""
+    results = Path(folder) / "results.json"
+    episodes = json.loads(results.read_text())["episodes"] if results.is_file() else []
+    return sum(e["steps"] * (e["policy_ms_per_action"] + e["env_ms_per_step"]) / 1000 for e in episodes)
+
+
+def sign_test_p(wins: int, losses: int) -> float:
+    """Exact two-sided McNemar (sign) test on the discordant pairs: the chance of a split at least this uneven
+    if either policy were equally likely to be the one that succeeds."""
+    if wins < 0 or losses < 0:
+        raise ValueError(f"wins and losses must be >= 0, got {wins} and {losses}")
+    n = wins + losses
+    tail = sum(math.comb(n, i) for i in range(min(wins, losses) + 1)) / 2**n
+    return min(1.0, 2 * tail)
+
+
+def paired_difference(outcomes: dict, reference: dict) -> dict | None:
+    """Success-rate difference over the episodes both conditions ran (same init states and seeds), with the
+    episodes only one of them solved and the sign test's p-value; None when they share no episode."""
+    shared = sorted(outcomes.keys() & reference.keys())
+    if not shared:
+        return None
+    wins = sum(outcomes[k] and not reference[k] for k in shared)
+    losses = sum(reference[k] and not outcomes[k] for k in shared)
+    return {"episodes": len(shared), "difference": (wins - losses) / len(shared), "wins": wins, "losses": losses,
+            "p": sign_test_p(wins, losses)}
+
+
+def paired_differences(outcomes: dict[tuple[str, str], dict], policies: list[Policy],
+                       perturbations: list[str]) -> list[dict]:
+    """`paired_difference` of each pair of PAIRS whose policies both ran, per perturbation."""
+    names = {policy.name for policy in policies}
+    return [{"pair": [a, b], "perturbation": p,
+             "paired": paired_difference(outcomes.get((p, a), {}), outcomes.get((p, b), {}))}
+            for a, b in PAIRS if a in names and b in names for p in perturbations]
+
+
+def paired_table(differences: list[dict], perturbations: list[str]) -> str:
+    """Markdown of `paired_differences`: one row per pair, one column per perturbation."""
+    cells = {(tuple(d["pair"]), d["perturbation"]): _paired_cell(d["paired"]) for d in differences}
+    pairs = list(dict.fromkeys(tuple(d["pair"]) for d in differences))
+    if not pairs:
+        return ""
+    rows = [f"| {a} - {b} | " + " | ".join(cells.get(((a, b), p), "not run") for p in perturbations) + " |"
+            for a, b in pairs]
+    return ("Paired on the same episodes: success difference in points (episodes only the first / only the second "
+            "solved, two-sided sign-test p):\n\n| pair | " + " | ".join(perturbations) + " |\n|---|"
+            + "---|" * len(perturbations) + "\n" + "\n".join(rows) + "\n")
+
+
+def _paired_cell(paired: dict | None) -> str:
+    if paired is None:
+        return "not run"
+    return f"{100 * paired['difference']:+.0f} ({paired['wins']}/{paired['losses']}, p={paired['p']:.2f})"
+
+
 def comparison_table(summaries: dict[tuple[str, str], dict], policies: list[Policy], perturbations: list[str]) -> str:
     """Markdown: success [95% CI] (episodes) per policy and perturbation, then the mean episode length and the
     policy's time per action (what feedback costs)."""
@@ -60,11 +129,17 @@ def comparison_table(summaries: dict[tuple[str, str], dict], policies: list[Poli
         entries = [summaries.get((p, policy.name), {}).get("overall") for p in perturbations]
         success.append(f"| {policy.name} | " + " | ".join(
             f"{percent_with_interval(e)} ({e['episodes']})" if e else "not run" for e in entries) + " |")
-        cost.append(f"| {policy.name} | " + " | ".join(
-            f"{e['mean_steps']:.0f} steps, {e['policy_ms_per_action']:.1f} ms" if e else "not run"
-            for e in entries) + " |")
+        cost.append(f"| {policy.name} | " + " | ".join(_cost_cell(e) for e in entries) + " |")
     return ("Success rate [95% Wilson interval] (episodes):\n\n" + "\n".join(success)
-            + "\n\nMean episode length (steps) and policy time per action:\n\n" + "\n".join(cost) + "\n")
+            + "\n\nMean episode length (steps), policy time per action, and under the real-time runner the mean "
+            "ticks the arm was held for want of an action:\n\n" + "\n".join(cost) + "\n")
+
+
+def _cost_cell(entry: dict | None) -> str:
+    if entry is None:
+        return "not run"
+    held = f", {entry['held_steps']:.1f} held" if entry.get("held_steps") else ""
+    return f"{entry['mean_steps']:.0f} steps, {entry['policy_ms_per_action']:.1f} ms{held}"
 
 
 def comparison_figure(summaries: dict[tuple[str, str], dict], policies: list[Policy], perturbations: list[str],

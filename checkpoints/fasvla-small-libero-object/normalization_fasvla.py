@@ -1,0 +1,1 @@
+../../normalization_fasvla.py
