@@ -55,18 +55,19 @@ def read_condition(folder: Path) -> dict | None:
     return json.loads(results.read_text())["summary"] if results.is_file() else None
 
 
+def _episodes(folder: Path) -> list[dict]:
+    results = Path(folder) / "results.json"
+    return json.loads(results.read_text())["episodes"] if results.is_file() else []
+
+
 def read_outcomes(folder: Path) -> dict[tuple[str, int, int], bool]:
     """(suite, task id, trial) -> success, for every finished episode of one condition."""
-    results = Path(folder) / "results.json"
-    episodes = json.loads(results.read_text())["episodes"] if results.is_file() else []
-    return {(e["suite"], e["task_id"], e["trial"]): bool(e["success"]) for e in episodes}
+    return {(e["suite"], e["task_id"], e["trial"]): bool(e["success"]) for e in _episodes(folder)}
 
 
 def episode_seconds(folder: Path) -> float:
     """Policy and simulator time inside one condition's finished episodes: its cost, however often it resumed."""
-    results = Path(folder) / "results.json"
-    episodes = json.loads(results.read_text())["episodes"] if results.is_file() else []
-    return sum(e["steps"] * (e["policy_ms_per_action"] + e["env_ms_per_step"]) / 1000 for e in episodes)
+    return sum(e["steps"] * (e["policy_ms_per_action"] + e["env_ms_per_step"]) / 1000 for e in _episodes(folder))
 
 
 def sign_test_p(wins: int, losses: int) -> float:
@@ -120,8 +121,8 @@ def _paired_cell(paired: dict | None) -> str:
 
 
 def comparison_table(summaries: dict[tuple[str, str], dict], policies: list[Policy], perturbations: list[str]) -> str:
-    """Markdown: success [95% CI] (episodes) per policy and perturbation, then the mean episode length and the
-    policy's time per action (what feedback costs)."""
+    """Markdown: success [95% CI] (episodes) per policy and perturbation, then the mean episode length, the
+    policy's time per action and the held ticks of real-time runs (what feedback costs)."""
     header = "| policy | " + " | ".join(perturbations) + " |"
     rule = "|---|" + "---|" * len(perturbations)
     success, cost = [header, rule], [header, rule]
