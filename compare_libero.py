@@ -18,8 +18,8 @@ from pathlib import Path
 
 import eval_libero
 from fasvla.libero.comparison import (POLICIES, comparison_figure, comparison_table, condition_arguments,
-                                      condition_folder, episode_seconds, paired_differences, paired_table,
-                                      perturbations, read_condition, read_outcomes)
+                                      condition_folder, episode_seconds, outcomes_of, paired_differences,
+                                      paired_table, perturbations, read_condition)
 
 
 def parse_args(argv=None):
@@ -55,9 +55,10 @@ def main(argv=None) -> dict:
             folder = condition_folder(root, perturbation, policy)
             print(f"\n== {perturbation} / {policy.name} -> {folder}", flush=True)
             eval_libero.main(condition_arguments(policy, models, arguments[perturbation], args.common, folder))
-            summaries[(perturbation, policy.name)] = read_condition(folder)
-            outcomes[(perturbation, policy.name)] = read_outcomes(folder)
-            inside += episode_seconds(folder)
+            condition = read_condition(folder)
+            summaries[(perturbation, policy.name)] = condition.get("summary", {})
+            outcomes[(perturbation, policy.name)] = outcomes_of(condition.get("episodes", []))
+            inside += episode_seconds(condition.get("episodes", []))
     table = comparison_table(summaries, chosen, args.perturbations)
     differences = paired_differences(outcomes, chosen, args.perturbations)
     table += "\n" + paired_table(differences, args.perturbations)

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from fasvla.libero.comparison import (POLICIES, comparison_table, condition_folder, paired_differences, paired_table,
-                                      read_condition, read_outcomes)
+from fasvla.libero.comparison import (POLICIES, comparison_table, condition_folder, outcomes_of, paired_differences,
+                                      paired_table, read_condition)
 from fasvla.libero.episode import EpisodeResult
 from fasvla.libero.evaluation import summarize
 
@@ -38,8 +38,9 @@ def test_the_tables_in_results_md_are_the_ones_the_shipped_episodes_give(folder)
     summaries, outcomes = {}, {}
     for perturbation in perturbations:
         for policy in policies:
-            summaries[(perturbation, policy.name)] = read_condition(condition_folder(folder, perturbation, policy))
-            outcomes[(perturbation, policy.name)] = read_outcomes(condition_folder(folder, perturbation, policy))
+            condition = read_condition(condition_folder(folder, perturbation, policy))
+            summaries[(perturbation, policy.name)] = condition["summary"]
+            outcomes[(perturbation, policy.name)] = outcomes_of(condition["episodes"])
     text = (ROOT / "RESULTS.md").read_text()
     assert comparison_table(summaries, policies, perturbations) in text
     assert paired_table(paired_differences(outcomes, policies, perturbations), perturbations) in text

@@ -49,25 +49,20 @@ def condition_arguments(policy: Policy, models: dict[str, str], perturbation_arg
     return ["--model", models[policy.model], *feedback, *perturbation_arguments, *common, "--output_dir", str(folder)]
 
 
-def read_condition(folder: Path) -> dict | None:
-    """The overall summary of one finished condition (None while it has not run to its end)."""
+def read_condition(folder: Path) -> dict:
+    """One condition's `results.json` (its "summary" and "episodes"), empty while it has not run to its end."""
     results = Path(folder) / "results.json"
-    return json.loads(results.read_text())["summary"] if results.is_file() else None
+    return json.loads(results.read_text()) if results.is_file() else {}
 
 
-def _episodes(folder: Path) -> list[dict]:
-    results = Path(folder) / "results.json"
-    return json.loads(results.read_text())["episodes"] if results.is_file() else []
+def outcomes_of(episodes: list[dict]) -> dict[tuple[str, int, int], bool]:
+    """(suite, task id, trial) -> success, for every episode of one condition."""
+    return {(e["suite"], e["task_id"], e["trial"]): bool(e["success"]) for e in episodes}
 
 
-def read_outcomes(folder: Path) -> dict[tuple[str, int, int], bool]:
-    """(suite, task id, trial) -> success, for every finished episode of one condition."""
-    return {(e["suite"], e["task_id"], e["trial"]): bool(e["success"]) for e in _episodes(folder)}
-
-
-def episode_seconds(folder: Path) -> float:
-    """Policy and simulator time inside one condition's finished episodes: its cost, however often it resumed."""
-    return sum(e["steps"] * (e["policy_ms_per_action"] + e["env_ms_per_step"]) / 1000 for e in _episodes(folder))
+def episode_seconds(episodes: list[dict]) -> float:
+    """Policy and simulator time inside one condition's episodes: its cost, however often it resumed."""
+    return sum(e["steps"] * (e["policy_ms_per_action"] + e["env_ms_per_step"]) / 1000 for e in episodes)
 
 
 def sign_test_p(wins: int, losses: int) -> float:
