@@ -11,6 +11,10 @@ with the chosen feedback mode; chunk models plan H actions and execute `n_action
 simulator waits for the policy (lockstep); `--real_time` runs streaming models under the real-time runner instead,
 where slow compute and state latency cost held steps (fasvla/libero/realtime.py).
 
+Cameras render only where they are looked at (fasvla/libero/frames.py): the policy at chunk starts, and the
+recording of the first --max_episodes_rendered trials of each task, which keeps full-rate video for the app; the
+other recordings keep every step's states, actions and predictions with only the frames the policy saw.
+
 Writes to --output_dir: `rollouts/<suite>/task_NN/trial_NNN/` (one LeRobot v3.0 dataset per episode, written when
 the episode ends), `results_rank*.jsonl` (one line per episode, appended as they finish), and at the end
 `results.json` and `results.md` (success per task and per suite, mean episode length, steps per second, policy time
@@ -60,6 +64,10 @@ def parse_args(argv=None):
     p.add_argument("--gripper_from_dataset", default=None,
                    help="read --gripper_close_sign off a LeRobot dataset (the model's training data)")
     p.add_argument("--no_record", action="store_true", help="do not record rollouts")
+    p.add_argument("--max_episodes_rendered", type=int, default=2,
+                   help="the first N trials of each task record full-rate video; the others record every step's "
+                        "states, actions and predictions but only the frames the policy saw, and render no other "
+                        "frame (several times faster). Outcomes do not depend on it: a resumed run may change it")
     p.add_argument("--max_steps", type=int, default=None, help="cap every episode (smoke tests; not the protocol)")
     disturb = p.add_argument_group("perturbations")
     disturb.add_argument("--action_noise", type=float, default=0.0)
@@ -77,8 +85,8 @@ def parse_args(argv=None):
     timing.add_argument("--prefix_lead", type=int, default=1,
                         help="actions before a chunk's end at which the next prefix starts; 0: no pipelining")
     args = p.parse_args(argv)
-    if args.num_trials_per_task < 1 or args.num_workers < 1 or args.first_trial < 0:
-        p.error("--num_trials_per_task and --num_workers must be >= 1, --first_trial >= 0")
+    if args.num_trials_per_task < 1 or args.num_workers < 1 or args.first_trial < 0 or args.max_episodes_rendered < 0:
+        p.error("--num_trials_per_task and --num_workers must be >= 1, --first_trial and --max_episodes_rendered >= 0")
     try:
         args.real_time_options = real_time_options(args)
     except ValueError as error:
@@ -98,16 +106,17 @@ def real_time_options(args) -> RealTimeOptions | None:
 
 def make_jobs(args) -> list[list[EpisodeJob]]:
     """Episode jobs grouped by task (a worker builds one environment per group)."""
-    groups = []
+    groups, first_without_video = [], args.first_trial + args.max_episodes_rendered
     for suite in args.task_suite_name:
         task_ids = args.task_ids if args.task_ids is not None else range(10)
         for task_id in task_ids:
             trials = range(args.first_trial, args.first_trial + args.num_trials_per_task)
-            groups.append([EpisodeJob(suite, task_id, trial) for trial in trials])
+            groups.append([EpisodeJob(suite, task_id, trial, video=trial < first_without_video) for trial in trials])
     return groups
 
 
 # what an evaluation folder's episodes depend on: a rerun into the same folder must agree on them to resume
+# (--max_episodes_rendered, --num_workers and --no_record change what is recorded and how fast, never an outcome)
 SETTINGS = ["model", "feedback_mode", "n_action_steps", "seed", "resolution", "gripper_close_sign", "max_steps",
             "action_noise", "action_delay", "push_step", "push_force", "push_steps", "real_time", "state_latency_ms",
             "compute_ms", "prefix_lead"]

@@ -6,8 +6,8 @@
     python generate_libero_demos.py ... --no_diversity                       # the plain expert, one motion per state
 
 The expert (fasvla/libero/expert) reads object poses, collision geometry and the task's BDDL goal from the simulator.
-Each demonstration is planned without rendering, kept only if it succeeds within the suite's step limit, then
-replayed with cameras from the same init state (MuJoCo is deterministic; the replay must succeed at the same step).
+Each demonstration is planned without rendering and kept only if it succeeds within the suite's step limit; the
+frames of a kept one are then rendered once each from the simulator data the plan held (fasvla/libero/frames.py).
 Every demonstration draws its own motion style (speed, approach and lift heights, carry clearance, grasp turn,
 action noise; see --speed and the options after it), seeded by --seed and the demonstration's identity.
 

@@ -33,7 +33,7 @@ def write_rollout(root: Path, job: EpisodeJob, steps: int = 12, feedback_mode: s
         output = PolicyOutput(action=rng.uniform(-1, 1, 7).astype(np.float32),
                               predicted_state=rng.normal(size=8).astype(np.float32),
                               state_input=rng.normal(size=8).astype(np.float32), latency_s=0.001 * (t + 1))
-        recorder.add(Observation(images, state, raw={}), output, sent_action=output.action + 0.5)
+        recorder.add(Observation(state, {}, images), output, sent_action=output.action + 0.5)
     metadata = {"suite": job.suite, "task_id": job.task_id, "trial": job.trial, "init_state_id": job.trial,
                 "success": success, "steps": steps, "policy_ms_per_action": 1.0, "env_ms_per_step": 1.0,
                 "feedback_mode": feedback_mode, "perturbation": perturbation, "model": "tiny"}

@@ -32,7 +32,7 @@ class FakeEnv:
         self.tick, self.state = 0, np.zeros(8, np.float32)
         return self._observation()
 
-    def step(self, action, push_force=None):
+    def step(self, action, push_force=None, render=False):
         self.received.append(np.array(action))
         self.forces.append(push_force)
         self.state[:7] += 0.01 * np.asarray(action, np.float32)
@@ -42,7 +42,7 @@ class FakeEnv:
 
     def _observation(self):
         images = [np.full((32, 32, 3), 10 * self.tick % 255, np.uint8) for _ in self.cameras]
-        return Observation(images, self.state.copy(), {})
+        return Observation(self.state.copy(), {}, images)
 
 
 def _run(joint, mode, latency=0.010, costs=COSTS, prefix_lead=1, **env_options):

@@ -41,9 +41,8 @@ def test_reset_sends_the_wait_steps_and_converts_the_observation(env):
     observation = env.reset(init_state_id=0)
     assert len(env.sent_actions) == WAIT_STEPS
     assert all(np.array_equal(a, WAIT_ACTION) for a in env.sent_actions)
-    raw = observation.raw
-    assert np.array_equal(observation.images[0], raw["agentview_image"][::-1, ::-1])
-    assert np.array_equal(observation.images[1], raw["robot0_eye_in_hand_image"][::-1, ::-1])
+    raw = observation.raw  # the images, rendered on demand, are checked against LIBERO's in test_libero_frames.py
+    assert [image.shape for image in observation.images] == [(64, 64, 3)] * 2
     np.testing.assert_allclose(observation.state[:3], raw["robot0_eef_pos"], rtol=1e-6)
     np.testing.assert_allclose(observation.state[3:6], T.quat2axisangle(raw["robot0_eef_quat"].copy()), atol=1e-6)
     np.testing.assert_allclose(observation.state[6:], raw["robot0_gripper_qpos"], rtol=1e-6)

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 
 from fasvla.data.lerobot_dataset import LeRobotDataset
 from fasvla.data.synthetic import write_synthetic_dataset
-from fasvla.libero.env import (CAMERAS, WAIT_ACTION, Observation, gripper_close_sign_of, observation_images,
+from fasvla.libero.env import (CAMERAS, WAIT_ACTION, Observation, gripper_close_sign_of, upright,
                                observation_state, quat_to_axis_angle, to_env_action)
 from fasvla.libero.evaluation import EpisodeResult, markdown_table, summarize, wilson_interval
 from fasvla.libero.perturbations import Perturbation, PerturbedActions
@@ -47,7 +47,7 @@ def test_observation_state_and_upright_images_from_raw_values():
     np.testing.assert_allclose(state[:3], raw["robot0_eef_pos"], rtol=1e-6)
     np.testing.assert_allclose(state[3:6], quat_to_axis_angle(raw["robot0_eef_quat"]), rtol=1e-6)
     np.testing.assert_allclose(state[6:], [0.03, -0.03], rtol=1e-6)
-    agent, wrist = observation_images(raw, list(CAMERAS))
+    agent, wrist = upright(raw["agentview_image"]), upright(raw["robot0_eye_in_hand_image"])
     assert np.array_equal(agent, np.rot90(raw["agentview_image"], 2))  # 180 degrees: both axes reversed
     assert np.array_equal(wrist[0, 0], raw["robot0_eye_in_hand_image"][-1, -1])
 
@@ -112,7 +112,7 @@ def test_a_recorded_episode_reads_back_as_a_lerobot_dataset(tmp_path):
     for step in range(6):  # smooth images that change from frame to frame (what a camera sees; noise would not code)
         images = [np.stack([np.add.outer(ramp, ramp * (c + 1) / 4) / 2 + 8 * step] * 3, -1).astype(np.uint8)
                   for c in range(2)]
-        observation = Observation(images, rng.normal(size=8).astype(np.float32), {})
+        observation = Observation(rng.normal(size=8).astype(np.float32), {}, images)
         output = PolicyOutput(rng.normal(size=7).astype(np.float32), rng.normal(size=8).astype(np.float32),
                               observation.state, latency_s=0.001 * (step + 1))
         sent = np.clip(output.action, -1, 1).astype(np.float64)

@@ -90,14 +90,15 @@ class LiveRunner:
 def recorded_episode(recorder: EpisodeRecorder, rollout: Rollout, steps: int) -> EpisodeData:
     """The first `steps` steps an `EpisodeRecorder` holds, as the app's episode arrays (the recorder may grow
     meanwhile on the simulator's thread: only complete steps are read)."""
-    frames = {key: np.stack(values[:steps]) for key, values in recorder.frames.items()}
+    frames = {key: np.stack(values[:steps]) for key, values in recorder.frames.items() if key not in recorder.cameras}
     images = {camera: recorder.frames[camera][:steps] for camera in recorder.cameras}
-    return EpisodeData(rollout=rollout, fps=float(CONTROL_FREQUENCY), states=frames["observation.state"], actions=frames["action"],
-                       policy_actions=frames["policy.action"], predicted_states=frames["policy.predicted_state"],
-                       state_inputs=frames["policy.state_input"], latency_ms=frames["policy.latency_ms"],
-                       state_names=STATE_NAMES, action_names=ACTION_NAMES,
+    return EpisodeData(rollout=rollout, fps=float(CONTROL_FREQUENCY), states=frames["observation.state"],
+                       actions=frames["action"], policy_actions=frames["policy.action"],
+                       predicted_states=frames["policy.predicted_state"], state_inputs=frames["policy.state_input"],
+                       latency_ms=frames["policy.latency_ms"], state_names=STATE_NAMES, action_names=ACTION_NAMES,
                        videos={camera: None for camera in recorder.cameras},
-                       frame_source=lambda camera, t: images[camera][t])
+                       frame_source=lambda camera, t: images[camera][t], observed=frames["policy.observed"],
+                       has_every_frame=recorder.video)
 
 
 def _newest(reports: queue.Queue):

@@ -25,6 +25,7 @@ from fasvla.data.video import write_video
 # (demonstrations) show their states and actions alone
 STATE_KEY, ACTION_KEY = "observation.state", "action"
 POLICY_KEYS = ("policy.action", "policy.predicted_state", "policy.state_input", "policy.latency_ms")
+OBSERVED_KEY = "policy.observed"  # the steps at which the policy read the cameras
 MAX_DEPTH = 8  # how deep under a source folder datasets are looked for
 
 
@@ -64,6 +65,9 @@ class EpisodeData:
 
     states[t] is observed before action t; state_inputs[t] is the state the model conditioned on for action t;
     predicted_states[t] is its prediction of states[t + 1]. Policy columns are NaN where the recording has none.
+    `observed[t]`: the policy read the cameras at step t (None: not recorded). A recording without full-rate video
+    holds frames only there (`has_every_frame` False): the frame shown at step t is then the newest one at or before
+    t, the view the policy was acting on (`frame_step`).
     """
 
     rollout: Rollout
@@ -77,7 +81,9 @@ class EpisodeData:
     state_names: list[str]
     action_names: list[str]
     videos: dict[str, Path | None] = field(default_factory=dict)  # camera -> mp4 holding this episode alone
-    frame_source: object = None  # (camera, t) -> (H, W, 3) uint8
+    frame_source: object = None  # (camera, t) -> (H, W, 3) uint8, for a t that has a frame
+    observed: np.ndarray | None = None  # (T,) bool
+    has_every_frame: bool = True
 
     @property
     def num_steps(self) -> int:
@@ -88,9 +94,16 @@ class EpisodeData:
         return list(self.videos)
 
     def frame(self, camera: str, t: int) -> np.ndarray:
+        return self.frame_source(camera, self.frame_step(t))
+
+    def frame_step(self, t: int) -> int:
+        """The step whose frame is shown at step t: t itself, or the policy's newest observation by then."""
         if not 0 <= t < self.num_steps:
             raise RolloutError(f"step must be in [0, {self.num_steps}), got {t}")
-        return self.frame_source(camera, t)
+        if self.has_every_frame:
+            return t
+        seen = np.flatnonzero(self.observed[: t + 1])
+        return int(seen[-1]) if len(seen) else int(np.flatnonzero(self.observed)[0])
 
 
 class RolloutCatalog:
@@ -242,6 +255,10 @@ def _episode_data(rollout: Rollout, dataset: LeRobotDataset) -> EpisodeData:
     rows = slice(episode.start, episode.start + episode.length)
     states, actions = dataset.column(STATE_KEY)[rows], dataset.column(ACTION_KEY)[rows]
     policy = {key: dataset.column(key)[rows] if key in dataset.features else None for key in POLICY_KEYS}
+    observed = dataset.column(OBSERVED_KEY)[rows].reshape(-1).astype(bool) if OBSERVED_KEY in dataset.features else None
+    # frames only where the policy looked: images in the parquet, null elsewhere (fasvla/libero/recording.py)
+    every_frame = observed is None or observed.all() or any(
+        dataset.features[camera]["dtype"] == "video" for camera in dataset.camera_keys)
     _check_files(dataset)  # again: the folder may have changed since it was scanned
     nan = lambda like: np.full(like.shape, np.nan, np.float32)  # noqa: E731
     return EpisodeData(
@@ -253,7 +270,8 @@ def _episode_data(rollout: Rollout, dataset: LeRobotDataset) -> EpisodeData:
         state_names=_names(dataset, STATE_KEY, states.shape[1]), action_names=_names(dataset, ACTION_KEY,
                                                                                      actions.shape[1]),
         videos={camera: _episode_video(dataset, episode, camera) for camera in dataset.camera_keys},
-        frame_source=lambda camera, t: dataset.image(camera, episode.start + t))
+        frame_source=lambda camera, t: dataset.image(camera, episode.start + t), observed=observed,
+        has_every_frame=every_frame)
 
 
 def _episode_video(dataset: LeRobotDataset, episode, camera: str) -> Path | None:

@@ -271,4 +271,7 @@ def _summary(episode: EpisodeData) -> str:
 
 
 def _header(episode: EpisodeData) -> str:
-    return f"### {episode.rollout.task}\n{_summary(episode)}"
+    frames = "" if episode.has_every_frame else (
+        f"\n\nRecorded without full-rate video: the cameras show the {int(episode.observed.sum())} frames the policy "
+        "looked at, each held until the next (`eval_libero.py --max_episodes_rendered`).")
+    return f"### {episode.rollout.task}\n{_summary(episode)}{frames}"

@@ -160,9 +160,11 @@ class LeRobotDataset:
         return self.tasks[int(self.column("task_index")[row])]
 
     def image(self, camera: str, row: int) -> np.ndarray:
-        """The camera's frame at a row, (H, W, 3) uint8."""
+        """The camera's frame at a row, (H, W, 3) uint8 (an image feature may lack frames: DatasetError)."""
         if self.features[camera]["dtype"] == "image":
             cell = self._images()[row][camera]
+            if cell is None:
+                raise DatasetError(f"{self.root}: camera {camera!r} has no frame at row {row}")
             return np.asarray(Image.open(io.BytesIO(cell["bytes"])).convert("RGB"))
         episode = self.episodes[int(self.column("episode_index")[row])]
         path, offset = episode.videos[camera]

@@ -1,6 +1,7 @@
 """Reading and writing the mp4 videos of LeRobot datasets with PyAV (AV1 or H.264)."""
 
 import os
+import weakref
 from collections import OrderedDict
 from pathlib import Path
 
@@ -18,15 +19,15 @@ class VideoDecoder:
     to the keyframe before the timestamp and decodes forward to the frame closest to it.
 
     Open files belong to the process that opened them. A forked DataLoader worker opens its own (sharing FFmpeg's
-    demuxer state across processes corrupts the reads) and never frees the ones it inherited: their decoder threads
-    did not survive the fork, and FFmpeg's cleanup would wait for them forever or crash.
+    demuxer state across processes corrupts the reads) and never frees the ones it inherited, those of every decoder
+    alive at the fork (garbage not yet collected included): their decoder threads did not survive the fork, and
+    FFmpeg's cleanup would wait for them forever or crash.
     """
 
     def __init__(self, max_open: int = 4):
         self._containers: OrderedDict[Path, av.container.InputContainer] = OrderedDict()
         self._max_open = max_open
-        self._pid = os.getpid()
-        self._inherited = []  # kept alive, never used: see the class docstring
+        _DECODERS.add(self)
 
     def frame_at(self, path: Path, timestamp: float, tolerance_s: float = TOLERANCE_S) -> np.ndarray:
         container = self._open(Path(path))
@@ -44,9 +45,6 @@ class VideoDecoder:
         return best.to_ndarray(format="rgb24")
 
     def _open(self, path: Path):
-        if self._pid != os.getpid():  # inherited through fork: the parent's handles are not ours to use or free
-            self._inherited.extend(self._containers.values())
-            self._containers, self._pid = OrderedDict(), os.getpid()
         if path in self._containers:
             self._containers.move_to_end(path)
             return self._containers[path]
@@ -63,7 +61,24 @@ class VideoDecoder:
         self._containers.clear()
 
     def __getstate__(self):  # spawned DataLoader workers get a fresh decoder, not open file handles
-        return {"_containers": OrderedDict(), "_max_open": self._max_open, "_pid": None, "_inherited": []}
+        return {"_containers": OrderedDict(), "_max_open": self._max_open}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        _DECODERS.add(self)
+
+
+_DECODERS = weakref.WeakSet()  # every decoder of this process
+_INHERITED = []  # in a forked child: the parent's open files, kept alive and never used (see VideoDecoder)
+
+
+def _forget_inherited_files() -> None:
+    for decoder in list(_DECODERS):
+        _INHERITED.extend(decoder._containers.values())
+        decoder._containers = OrderedDict()
+
+
+os.register_at_fork(after_in_child=_forget_inherited_files)
 
 
 def write_video(path: Path, frames: np.ndarray, fps: int, codec: str = "libsvtav1") -> dict:

@@ -49,7 +49,8 @@ VERSIONS = ("v2.1", "v3.0")
 @dataclass
 class EpisodeRecord:
     """One episode to write: its task, its frames (feature name -> (T, ...) array, for every feature given to the
-    writer) and extra per-episode columns (scalars or short lists) added to its metadata row."""
+    writer; an `image` feature may instead be a list of T images with None where the step has no frame) and extra
+    per-episode columns (scalars or short lists) added to its metadata row."""
 
     task: str
     frames: dict[str, np.ndarray]
@@ -126,14 +127,22 @@ def _image_stats(histogram: np.ndarray, count: int, with_quantiles: bool) -> dic
     return stats
 
 
+def _present_frames(values) -> np.ndarray:
+    """(N, S, S, 3): the frames of an image column, without the steps that have none (None)."""
+    if isinstance(values, np.ndarray):
+        return values
+    return np.stack([image for image in values if image is not None])
+
+
 def _stats(episodes: list[dict], features: dict, with_quantiles: bool) -> dict:
-    """Stats of every feature over the frames of `episodes` (image stats over LeRobot's frame sample, accumulated
-    episode by episode as histograms: a dataset's frames need not fit in memory)."""
+    """Stats of every feature over the frames of `episodes` (image stats over LeRobot's frame sample of the frames
+    present, accumulated episode by episode as histograms: a dataset's frames need not fit in memory)."""
     stats = {}
     for key, feature in features.items():
         if feature["dtype"] in ("image", "video"):
-            samples = [_sample_indices(len(columns[key])) for columns in episodes]
-            histogram = sum(_image_histogram(columns[key][rows]) for columns, rows in zip(episodes, samples))
+            present = [_present_frames(columns[key]) for columns in episodes]
+            samples = [_sample_indices(len(frames)) for frames in present]
+            histogram = sum(_image_histogram(frames[rows]) for frames, rows in zip(present, samples))
             stats[key] = _image_stats(histogram, sum(len(rows) for rows in samples), with_quantiles)
         else:
             stats[key] = _feature_stats(np.concatenate([columns[key] for columns in episodes]), with_quantiles)
@@ -175,7 +184,8 @@ def _png_bytes(image: np.ndarray) -> bytes:
 
 def _arrow_column(values: np.ndarray, arrow_type: pa.DataType, png_name: str) -> pa.Array:
     if arrow_type == IMAGE_ARROW_TYPE:
-        images = [{"bytes": _png_bytes(image), "path": png_name.format(k)} for k, image in enumerate(values)]
+        images = [None if image is None else {"bytes": _png_bytes(image), "path": png_name.format(k)}
+                  for k, image in enumerate(values)]
         return pa.array(images, type=arrow_type)
     if pa.types.is_fixed_size_list(arrow_type):
         flat = pa.array(values.reshape(-1), type=arrow_type.value_type)

@@ -45,9 +45,9 @@ def observation_state(raw: dict) -> np.ndarray:
                            raw["robot0_gripper_qpos"]]).astype(np.float32)
 
 
-def observation_images(raw: dict, cameras: list[str]) -> list[np.ndarray]:
-    """The model cameras' images, (H, W, 3) uint8, rotated by 180 degrees (LIBERO renders them upside down)."""
-    return [np.ascontiguousarray(raw[CAMERAS[camera]][::-1, ::-1]) for camera in cameras]
+def upright(image: np.ndarray) -> np.ndarray:
+    """A camera image as LIBERO renders it (upside down) -> upright: rotated by 180 degrees."""
+    return np.ascontiguousarray(image[::-1, ::-1])
 
 
 def to_env_action(action: np.ndarray, gripper_close_sign: float = 1.0) -> np.ndarray:
@@ -134,24 +134,49 @@ def reset_to_init_state(env, init_state, placement_seed: int | None = None) -> d
     return raw
 
 
-@dataclass
 class Observation:
-    images: list[np.ndarray]  # per model camera, (H, W, 3) uint8, upright
-    state: np.ndarray  # (8,) float32
-    raw: dict  # LIBERO's observation dict, unconverted
+    """What the robot measured at one step: `state` (8,) float32, LIBERO's unconverted `raw` dict, and `images` (per
+    model camera, (H, W, 3) uint8, upright), rendered when first read (by `renderer()`) and kept."""
+
+    def __init__(self, state: np.ndarray, raw: dict, images: list[np.ndarray] | None = None, renderer=None):
+        if images is None and renderer is None:
+            raise ValueError("an Observation needs its images or a renderer for them")
+        self.state, self.raw, self._images, self._renderer = state, raw, images, renderer
+
+    @property
+    def images(self) -> list[np.ndarray]:
+        return self.render()
+
+    def render(self) -> list[np.ndarray]:
+        """The images, rendered now unless they already were."""
+        if self._images is None:
+            self._images = self._renderer()
+        return self._images
+
+    @property
+    def rendered(self) -> bool:
+        """Whether the images exist yet (someone read them)."""
+        return self._images is not None
 
 
 class LiberoEnv:
     """One LIBERO task at one resolution. `reset(init_state_id)` runs the protocol's wait steps; `step(action)` takes
-    a model action and returns the next observation and whether the task succeeded."""
+    a model action and returns the next observation and whether the task succeeded.
+
+    The cameras render on demand (fasvla/libero/frames.py): an observation's images are rendered when first read,
+    which must happen while the simulator still holds its frame (the `keep_frames` newest observations; None: every
+    one since the last reset), or at once with `step(..., render=True)`.
+    """
 
     def __init__(self, suite: str, task_id: int, resolution: int = 256, seed: int = 7,
-                 cameras=tuple(CAMERAS), gripper_close_sign: float = 1.0):
+                 cameras=tuple(CAMERAS), gripper_close_sign: float = 1.0, keep_frames: int | None = 2):
         unknown = [c for c in cameras if c not in CAMERAS]
         if unknown:
             raise ValueError(f"cameras {unknown} are not LIBERO cameras; known: {list(CAMERAS)}")
         task = libero_task(suite, task_id)
         from libero.libero.envs import OffScreenRenderEnv
+
+        from fasvla.libero.frames import CameraFrames
 
         self.suite, self.task_id, self.task_language = suite, task_id, task.language
         self.max_steps = SUITE_MAX_STEPS[suite]
@@ -160,17 +185,25 @@ class LiberoEnv:
         self.env = OffScreenRenderEnv(bddl_file_name=str(task.bddl_file), camera_heights=resolution,
                                       camera_widths=resolution)
         self.env.seed(seed)
+        libero_cameras = [CAMERAS[camera].removesuffix("_image") for camera in self.cameras]
+        self.frames = CameraFrames(self.env.env, libero_cameras, resolution, keep_frames)
 
     def reset(self, init_state_id: int, placement_seed: int | None = None) -> Observation:
         if not 0 <= init_state_id < len(self.init_states):
             raise ValueError(f"init_state_id must be in [0, {len(self.init_states)}), got {init_state_id}")
+        self.frames.drop()
         return self.observation(reset_to_init_state(self.env, self.init_states[init_state_id], placement_seed))
 
-    def step(self, action: np.ndarray, push_force: np.ndarray | None = None) -> tuple[Observation, bool]:
-        """Execute a model action; `push_force` (3,) newtons, world frame, pushes the end effector meanwhile."""
+    def step(self, action: np.ndarray, push_force: np.ndarray | None = None,
+             render: bool = False) -> tuple[Observation, bool]:
+        """Execute a model action; `push_force` (3,) newtons, world frame, pushes the end effector meanwhile.
+        `render`: render the cameras now rather than when the images are first read."""
         self._set_push(push_force)
         raw, _, done, _ = self.env.step(to_env_action(action, self.gripper_close_sign))
-        return self.observation(raw), bool(done)
+        observation = self.observation(raw)
+        if render:
+            observation.render()
+        return observation, bool(done)
 
     def _set_push(self, force: np.ndarray | None) -> None:
         sim = self.env.env.sim
@@ -178,7 +211,10 @@ class LiberoEnv:
         sim.data.xfrc_applied[body, :3] = 0.0 if force is None else force
 
     def observation(self, raw: dict) -> Observation:
-        return Observation(observation_images(raw, self.cameras), observation_state(raw), raw)
+        """The observation of the newest frame, its images rendered from it when read."""
+        frame = self.frames.latest
+        return Observation(observation_state(raw), raw,
+                           renderer=lambda: [upright(image) for image in self.frames.render(frame)])
 
     def close(self) -> None:
         self.env.close()

@@ -35,6 +35,7 @@ class EpisodeJob:
     suite: str
     task_id: int
     trial: int
+    video: bool = True  # record full-rate video (else only the frames the policy saw); outcomes do not depend on it
 
     @property
     def name(self) -> str:
@@ -45,7 +46,8 @@ class EpisodeRun:
     """One trial from init state `trial` (modulo the task's fixed init states), until success or the step limit.
 
     Iterating runs it a policy step at a time, yielding `(observation, output, sent_action)` (the live view of the
-    app shows them as they come); `result()` then summarises it and `save()` writes the recording.
+    app shows them as they come); `result()` then summarises it and `save()` writes the recording. The cameras are
+    rendered where the policy reads them, and at every step only for a recording with `job.video`.
     """
 
     def __init__(self, env: LiberoEnv, controller, job: EpisodeJob, perturbation: Perturbation, seed: int,
@@ -53,7 +55,7 @@ class EpisodeRun:
         self.env, self.controller, self.job, self.perturbation, self.seed = env, controller, job, perturbation, seed
         self.init_state_id = job.trial % len(env.init_states)
         self.placement_seed = seed % 2**31  # the fixtures' placement: a function of the episode alone
-        self.recorder = EpisodeRecorder(env.cameras) if record else None
+        self.recorder = EpisodeRecorder(env.cameras, job.video) if record else None
         self.success, self.steps, self.policy_s, self.env_s = False, 0, 0.0, 0.0
 
     def __iter__(self):
@@ -64,13 +66,13 @@ class EpisodeRun:
         for step in range(self.env.max_steps):
             output = self.controller.act(observation)
             sent = actions(output.action)
+            if self.recorder is not None:  # before the step: the simulator still holds this frame
+                self.recorder.add(observation, output, sent)
             started = time.perf_counter()
             next_observation, self.success = self.env.step(sent, push_force=actions.force_at(step))
             self.env_s += time.perf_counter() - started
             self.policy_s += output.latency_s
             self.steps = step + 1
-            if self.recorder is not None:
-                self.recorder.add(observation, output, sent)
             yield observation, output, sent
             observation = next_observation
             if self.success:

@@ -42,6 +42,7 @@ class RealTimeOptions:
 
 @dataclass
 class Tick:
+    number: int
     observation: Observation  # measured when the tick started
     action_index: int | None  # the runner's action executed in this tick; None: the arm held
     sent: np.ndarray  # (7,) what the environment executed (after perturbations)
@@ -50,10 +51,14 @@ class Tick:
 class LiberoRobot:
     """A `LiberoEnv` behind the runner's robot interface. The simulator is stepped lazily, tick by tick, whenever
     the clock has passed a tick nobody sent an action for (a hold) or an action is executed; observation n is the
-    one measured at tick n (time n * period), observation 0 the one after the reset."""
+    one measured at tick n (time n * period), observation 0 the one after the reset. The cameras render where a
+    prefix observes them (`observed` ticks), or at every tick with `render_every_tick` (full-rate recordings)."""
 
-    def __init__(self, env: LiberoEnv, clock, actions: PerturbedActions, latency_s: float, observation: Observation):
+    def __init__(self, env: LiberoEnv, clock, actions: PerturbedActions, latency_s: float, observation: Observation,
+                 render_every_tick: bool = False):
         self.env, self.clock, self.actions, self.latency_s = env, clock, actions, latency_s
+        self.render_every_tick = render_every_tick
+        self.observed: set[int] = set()  # the ticks whose observation a prefix was built from
         self.period_s = 1.0 / CONTROL_FREQUENCY
         self.started = clock.now()
         self.observations = [observation]  # observations[n]: measured at tick n
@@ -77,9 +82,11 @@ class LiberoRobot:
     def observe(self) -> dict:
         self._hold_until(self.clock.now())
         n = min(math.floor((self.clock.now() - self.started) / self.period_s + _EPS), self.ticks)
-        self.clock.sleep_until(self._tick_time(n) + self.latency_s)
         observation = self.observations[n]
-        return {"images": observation.images, "state": observation.state}
+        images = observation.images  # rendered now, while the simulator holds tick n's frame
+        self.observed.add(n)
+        self.clock.sleep_until(self._tick_time(n) + self.latency_s)
+        return {"images": images, "state": observation.state}
 
     def execute(self, action: np.ndarray) -> float:
         self._hold_until(self.clock.now())
@@ -116,10 +123,11 @@ class LiberoRobot:
         tick, observation = self.ticks, self.observations[-1]
         sent = self.actions(action)
         wall = time.perf_counter()
-        next_observation, self.success = self.env.step(sent, push_force=self.actions.force_at(tick))
+        next_observation, self.success = self.env.step(sent, push_force=self.actions.force_at(tick),
+                                                       render=self.render_every_tick)
         self.env_s += time.perf_counter() - wall
         self.observations.append(next_observation)
-        self.pending.append(Tick(observation, action_index, sent))
+        self.pending.append(Tick(tick, observation, action_index, sent))
 
 
 class RealTimeEpisodeRun(EpisodeRun):
@@ -142,7 +150,10 @@ class RealTimeEpisodeRun(EpisodeRun):
         clock = SimulatedClock()
         actions = PerturbedActions(self.perturbation, self.seed)
         observation = self.env.reset(self.init_state_id, self.placement_seed)
-        self.robot = LiberoRobot(self.env, clock, actions, self.options.latency_s, observation)
+        every_frame = self.recorder is not None and self.recorder.video  # render each while the simulator holds it
+        if every_frame:
+            observation.render()
+        self.robot = LiberoRobot(self.env, clock, actions, self.options.latency_s, observation, every_frame)
         self.runner = RealTimeRunner(self.model, self.processor, self.env.task_language, self.robot,
                                      self.robot.period_s, self.feedback_mode, self.n_action_steps,
                                      self.options.prefix_lead, clock, SimulatedWorker(clock, self.options.costs))
@@ -159,7 +170,7 @@ class RealTimeEpisodeRun(EpisodeRun):
 
     def _record(self, tick: Tick, output: PolicyOutput):
         if self.recorder is not None:
-            self.recorder.add(tick.observation, output, tick.sent)
+            self.recorder.add(tick.observation, output, tick.sent, observed=tick.number in self.robot.observed)
         return tick.observation, output, tick.sent
 
     def result(self, feedback_mode: str) -> EpisodeResult:

@@ -10,7 +10,7 @@
     plans        pure: BDDL goal -> skill steps
     expert       `solve`: a plan run skill by skill
     diversity    per-demonstration motion styles, seeded
-    demos        plan without rendering, replay with cameras
+    demos        plan without rendering, render the kept plans
     generation   demonstration jobs, staging, summary (used by generate_libero_demos.py)
 
 The approach, the controller scales and the pitfalls come from a reference study

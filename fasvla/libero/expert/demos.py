@@ -1,17 +1,16 @@
-"""Demonstrations: plan each episode on a simulator without cameras, replay the successful ones with cameras.
+"""Demonstrations: plan each episode on the simulator without rendering, render the frames of the kept ones.
 
-Planning runs LIBERO's `ControlEnv` with no renderer and no camera observations (several times faster per step
-than `OffScreenRenderEnv`). MuJoCo is deterministic: the planned actions, replayed from the same init state on the
-same model in the rendering `LiberoEnv`, reproduce the planned trajectory bit for bit, so only the kept
-demonstrations pay for rendering. The same model needs care: LIBERO's hard reset rebuilds it and re-places the
-fixtures (cabinet, stove, wine rack: by up to about 1 cm) with numpy's global random generator, and the init state
-does not hold their placement. Both resets therefore take the plan's placement seed (`reset_to_init_state`). The
-replay still checks: a demonstration is kept only if it succeeds at the
-planned step.
+The expert plans in a `LiberoEnv` whose cameras render on demand (fasvla/libero/frames.py): the physics runs alone,
+while the simulator data of every observation is held (about 1 MB each). A plan that succeeds is kept, and only then
+are its frames rendered, once each, from the held data: exactly the images that cameras rendering at every step
+would have given, without replaying the physics or rendering a frame that is not kept (the reset's, the one after
+the last action, those of failed plans).
 
-Both environments follow the evaluation protocol (DESIGN.md section 7): hard reset, the fixed init state, 10 wait
-steps; the episode's frames start after them, capped at the suite's step limit. Frame t holds the observation the
-expert acted on and the action it sent (LIBERO's convention: gripper -1 open, +1 close).
+The reset follows the evaluation protocol (DESIGN.md section 7): hard reset, the fixed init state, 10 wait steps;
+the episode's frames start after them, capped at the suite's step limit. LIBERO's hard reset re-places the fixtures
+(cabinet, stove, wine rack: by up to about 1 cm) with numpy's global random generator, which the init state does not
+hold: each plan draws a placement seed and keeps it, so an episode can be rebuilt exactly. Frame t holds the
+observation the expert acted on and the action it sent (LIBERO's convention: gripper -1 open, +1 close).
 """
 
 import time
@@ -19,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fasvla.libero.env import CAMERAS, LiberoEnv, libero_task, reset_to_init_state, to_env_action
+from fasvla.libero.env import CAMERAS, LiberoEnv, Observation
 from fasvla.libero.expert.diversity import Style
 from fasvla.libero.expert.expert import solve
 from fasvla.libero.expert.motions import Arm, EpisodeEnded
@@ -34,23 +33,23 @@ def demo_features(resolution: int, cameras=tuple(CAMERAS)) -> dict:
             if not key.startswith("policy.")}
 
 
-class PlanningEnv:
-    """One LIBERO task without renderer or cameras, reset as `LiberoEnv` resets (same init states, same waits)."""
+class DemoEnv:
+    """One LIBERO task for the expert: `reset` and `step` drive the physics without rendering, `observations` holds
+    the episode's observations (0: after the reset), whose images can be rendered until the next reset."""
 
-    def __init__(self, suite: str, task_id: int):
-        task = libero_task(suite, task_id)
-        from libero.libero.envs.env_wrapper import ControlEnv
-
-        self.init_states = task.init_states
-        self.env = ControlEnv(bddl_file_name=str(task.bddl_file), has_offscreen_renderer=False, use_camera_obs=False)
+    def __init__(self, suite: str, task_id: int, resolution: int = 256):
+        self.env = LiberoEnv(suite, task_id, resolution=resolution, keep_frames=None)
+        self.init_states, self.cameras = self.env.init_states, self.env.cameras
+        self.observations: list[Observation] = []
 
     def reset(self, init_state_id: int, placement_seed: int) -> Scene:
-        reset_to_init_state(self.env, self.init_states[init_state_id], placement_seed)
-        return Scene(self.env.env)
+        self.observations = [self.env.reset(init_state_id, placement_seed)]
+        return Scene(self.env.env.env)
 
     def step(self, action: np.ndarray) -> bool:
-        _, _, done, _ = self.env.step(to_env_action(action))
-        return bool(done)
+        observation, success = self.env.step(action)
+        self.observations.append(observation)
+        return success
 
     def close(self) -> None:
         self.env.close()
@@ -65,7 +64,7 @@ class Plan:
     seconds: float
 
 
-def plan_episode(env: PlanningEnv, init_state_id: int, style: Style, rng: np.random.Generator, max_steps: int,
+def plan_episode(env: DemoEnv, init_state_id: int, style: Style, rng: np.random.Generator, max_steps: int,
                  stop_at_success: bool = True) -> Plan:
     """Run the expert once from `init_state_id`; with `stop_at_success` the plan ends at the first success."""
     started = time.perf_counter()
@@ -82,24 +81,18 @@ def plan_episode(env: PlanningEnv, init_state_id: int, style: Style, rng: np.ran
 @dataclass
 class Recording:
     frames: dict[str, np.ndarray]  # feature -> (T, ...): cameras (T, H, W, 3) uint8, state (T, 8), action (T, 7)
-    success_step: int | None
-    seconds: float
+    seconds: float  # rendering and stacking
 
 
-def record_episode(env: LiberoEnv, plan: Plan) -> Recording:
-    """Replay a plan's actions on its model and init state with cameras, recording what each action was taken on."""
+def render_plan(env: DemoEnv, plan: Plan) -> Recording:
+    """The frames of the plan just run in `env`: each action with the observation it was taken on, images rendered
+    now from the simulator data held since the plan's reset."""
+    if len(env.observations) != len(plan.actions) + 1:
+        raise ValueError(f"env holds {len(env.observations)} observations, not those of this plan's "
+                         f"{len(plan.actions)} actions: render a plan right after planning it")
     started = time.perf_counter()
-    observation = env.reset(plan.init_state_id, plan.placement_seed)
-    frames = {key: [] for key in [*env.cameras, "observation.state", "action"]}
-    success_step = None
-    for t, action in enumerate(plan.actions):
-        for camera, image in zip(env.cameras, observation.images):
-            frames[camera].append(image)
-        frames["observation.state"].append(observation.state)
-        frames["action"].append(action)
-        observation, success = env.step(action)
-        if success and success_step is None:
-            success_step = t + 1
-    stacked = {key: np.stack(values).astype(np.uint8 if key in env.cameras else np.float32)
-               for key, values in frames.items()}
-    return Recording(stacked, success_step, time.perf_counter() - started)
+    observed = env.observations[:-1]  # the last one follows the last action: no frame of the episode
+    frames = {camera: np.stack([o.images[i] for o in observed]) for i, camera in enumerate(env.cameras)}
+    frames["observation.state"] = np.stack([o.state for o in observed]).astype(np.float32)
+    frames["action"] = plan.actions.astype(np.float32)
+    return Recording(frames, time.perf_counter() - started)

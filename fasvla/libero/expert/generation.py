@@ -1,10 +1,10 @@
-"""Demonstration jobs: one job fills one demonstration slot of one task (plan, keep if successful, replay, stage).
+"""Demonstration jobs: one job fills one demonstration slot of one task (plan, keep if successful, render, stage).
 
 Slot j of a task starts from init state `init_states[j % len(init_states)]`; its attempts draw their styles from a
 random stream named by (seed, suite, task, slot, attempt), so a dataset does not depend on the number of workers or
-on the order jobs run in. An attempt is kept when the plan succeeds within the suite's step limit and the rendered
-replay succeeds at the same step. The kept frames go to `staging/` as .npy files (memory-mapped when the dataset is
-written), so memory does not grow with the number of demonstrations.
+on the order jobs run in. An attempt is kept when the plan succeeds within the suite's step limit; its frames are
+then rendered from the simulator data the plan left (fasvla/libero/expert/demos.py) and go to `staging/` as .npy
+files (memory-mapped when the dataset is written), so memory does not grow with the number of demonstrations.
 """
 
 import functools
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fasvla.libero.env import SUITE_MAX_STEPS, LiberoEnv, libero_task
-from fasvla.libero.expert.demos import PlanningEnv, plan_episode, record_episode
+from fasvla.libero.env import SUITE_MAX_STEPS, libero_task
+from fasvla.libero.expert.demos import DemoEnv, plan_episode, render_plan
 from fasvla.libero.expert.diversity import Diversity, episode_rng
 from fasvla.libero.expert.plans import check_supported
 
@@ -51,8 +51,7 @@ class Attempt:
     steps: int
     plan_s: float
     placement_seed: int | None = None
-    replayed_success: bool | None = None  # None: not replayed (the plan failed)
-    render_s: float | None = None
+    render_s: float | None = None  # None: not rendered (the plan failed)
     kept: bool = False
     frames_dir: str | None = None
     style: dict | None = None
@@ -88,35 +87,32 @@ def make_jobs(suites: list[str], task_ids: list[int], demos_per_task: int, init_
 
 
 class TaskEnvironments:
-    """The planning and the rendering environment of the task last asked for (a worker runs one task at a time)."""
+    """The environment of the task last asked for (a worker runs one task at a time)."""
 
     def __init__(self, resolution: int):
-        self.resolution, self.key, self.planning, self.rendering = resolution, None, None, None
+        self.resolution, self.key, self.env = resolution, None, None
 
-    def get(self, suite: str, task_id: int) -> tuple[PlanningEnv, LiberoEnv]:
+    def get(self, suite: str, task_id: int) -> DemoEnv:
         if self.key != (suite, task_id):
             self.close()
-            self.planning = PlanningEnv(suite, task_id)
-            self.rendering = LiberoEnv(suite, task_id, resolution=self.resolution)
-            self.key = (suite, task_id)
-        return self.planning, self.rendering
+            self.env, self.key = DemoEnv(suite, task_id, self.resolution), (suite, task_id)
+        return self.env
 
     def close(self) -> None:
-        for env in (self.planning, self.rendering):
-            if env is not None:
-                env.close()
-        self.key, self.planning, self.rendering = None, None, None
+        if self.env is not None:
+            self.env.close()
+        self.key, self.env = None, None
 
 
 def run_job(job: DemoJob, options: GenerationOptions, envs: TaskEnvironments) -> list[Attempt]:
     """Attempts for one slot until one is kept or `attempts_per_demo` are spent."""
-    planning, rendering = envs.get(job.suite, job.task_id)
+    env = envs.get(job.suite, job.task_id)
     suite_index = list(SUITE_MAX_STEPS).index(job.suite)
     attempts = []
     for number in range(options.attempts_per_demo):
         rng = episode_rng(options.seed, suite_index, job.task_id, job.demo_index, number)
         style = options.diversity.sample(rng)
-        plan = plan_episode(planning, job.init_state_id, style, rng, SUITE_MAX_STEPS[job.suite],
+        plan = plan_episode(env, job.init_state_id, style, rng, SUITE_MAX_STEPS[job.suite],
                             options.stop_at_success)
         attempt = Attempt(job.suite, job.task_id, job.demo_index, job.init_state_id, number,
                           plan.success_step is not None, plan.success_step, len(plan.actions), plan.seconds,
@@ -124,13 +120,10 @@ def run_job(job: DemoJob, options: GenerationOptions, envs: TaskEnvironments) ->
         attempts.append(attempt)
         if plan.success_step is None:
             continue
-        recording = record_episode(rendering, plan)
-        attempt.replayed_success = recording.success_step == plan.success_step
-        attempt.render_s = recording.seconds
-        if attempt.replayed_success:
-            attempt.kept = True
-            attempt.frames_dir = str(stage_frames(recording.frames, options.staging / frames_name(job)))
-            break
+        recording = render_plan(env, plan)
+        attempt.render_s, attempt.kept = recording.seconds, True
+        attempt.frames_dir = str(stage_frames(recording.frames, options.staging / frames_name(job)))
+        break
     return attempts
 
 
@@ -151,8 +144,8 @@ def load_frames(folder: Path, keys: list[str]) -> dict[str, np.ndarray]:
 
 
 def summarize(attempts: list[Attempt], requested_per_task: int) -> dict:
-    """Per task and overall: demonstrations kept of those requested, attempts, planned successes, replays that did
-    not reproduce the plan, frames, and the mean seconds per planned and per rendered episode."""
+    """Per task and overall: demonstrations kept of those requested, attempts, planned successes, frames, and the
+    mean seconds per planned and per rendered episode."""
     groups = {}
     for attempt in attempts:
         groups.setdefault(f"{attempt.suite}/{attempt.task_id}", []).append(attempt)
@@ -167,7 +160,6 @@ def _counts(attempts: list[Attempt], requested: int) -> dict:
     rendered = [a for a in attempts if a.render_s is not None]
     return {"requested": requested, "kept": len(kept), "attempts": len(attempts), "planned_successes": len(planned),
             "plan_success_rate": len(planned) / len(attempts) if attempts else 0.0,
-            "replay_mismatches": sum(a.replayed_success is False for a in attempts),
             "frames": sum(a.steps for a in kept),
             "mean_plan_s": float(np.mean([a.plan_s for a in attempts])) if attempts else 0.0,
             "mean_render_s": float(np.mean([a.render_s for a in rendered])) if rendered else 0.0}
@@ -175,7 +167,7 @@ def _counts(attempts: list[Attempt], requested: int) -> dict:
 
 def summary_table(summary: dict) -> str:
     """The summary as a text table, one row per task and one overall."""
-    header = f"{'task':<18} {'kept':>9} {'attempts':>8} {'planned ok':>10} {'replay bad':>10} {'frames':>7} " \
+    header = f"{'task':<18} {'kept':>9} {'attempts':>8} {'planned ok':>10} {'frames':>7} " \
              f"{'plan s/ep':>9} {'render s/ep':>11}"
     rows = [header] + [_table_row(name, counts) for name, counts in summary["tasks"].items()]
     return "\n".join(rows + [_table_row("overall", summary["overall"])])
@@ -183,5 +175,5 @@ def summary_table(summary: dict) -> str:
 
 def _table_row(name: str, c: dict) -> str:
     kept = f"{c['kept']}/{c['requested']}"
-    return f"{name:<18} {kept:>9} {c['attempts']:>8} {c['planned_successes']:>10} {c['replay_mismatches']:>10} " \
+    return f"{name:<18} {kept:>9} {c['attempts']:>8} {c['planned_successes']:>10} " \
            f"{c['frames']:>7} {c['mean_plan_s']:>9.1f} {c['mean_render_s']:>11.1f}"

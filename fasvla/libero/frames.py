@@ -1,0 +1,91 @@
+"""Camera images rendered on demand: the physics steps without cameras, an observation's images are rendered only
+when someone reads them (DESIGN.md section 10).
+
+Rendering two cameras costs 10-15 times a LIBERO physics step on this CPU, and a chunk or streaming policy looks at
+images only when it starts a chunk. Rendering later than the step is not as simple as calling the renderer later:
+robosuite samples every observable (states included) at one substep of a control step, one before its end, and the
+simulation has moved on by the time `env.step` returns. An observable of our own therefore copies the whole MuJoCo
+data (derived quantities, contacts and solver warm start included; about 1 MB and 0.07 ms) at the instant every
+other observable samples. Rendering a frame swaps that copy into the simulation, renders through robosuite's own
+camera path, and copies the live data back bit for bit: the pixels equal those of a camera observable, and the
+physics never knows (tests/test_libero_frames.py checks both).
+"""
+
+from collections import OrderedDict
+
+import mujoco
+import numpy as np
+
+SNAPSHOT_OBSERVABLE = "fasvla_render_snapshot"
+
+
+class CameraFrames:
+    """The simulator's data at the last `keep` observations (None: every one since the model was built), so that
+    their cameras can be rendered later.
+
+    Frames are numbered in the order robosuite samples them; `latest` is the newest. A hard reset rebuilds the
+    MuJoCo model: the frames of the old model are dropped (reading one raises) and the copies are reallocated.
+    """
+
+    def __init__(self, env, cameras: list[str], resolution: int, keep: int | None = 2):
+        if keep is not None and keep < 1:
+            raise ValueError(f"keep must be None or >= 1, got {keep!r}")
+        self.env, self.cameras, self.resolution, self.keep = env, list(cameras), resolution, keep
+        self.latest = -1
+        self._held: OrderedDict[int, mujoco.MjData] = OrderedDict()  # frame -> copy of the data
+        self._spare: list[mujoco.MjData] = []  # copies of dropped frames, reused
+        self._model = None
+        self._install()
+
+    def _install(self) -> None:
+        """Camera observables off, the snapshot observable on, sampled at the same rate as every other observable."""
+        from robosuite.utils.observables import Observable, sensor
+
+        @sensor(modality="fasvla")
+        def snapshot(obs_cache):
+            self._snapshot()
+            return self.latest
+
+        for camera in self.cameras:
+            self.env.modify_observable(f"{camera}_image", "enabled", False)
+        self.env.add_observable(Observable(SNAPSHOT_OBSERVABLE, snapshot, sampling_rate=self.env.control_freq))
+
+    def _snapshot(self) -> None:
+        sim = self.env.sim
+        model = sim.model._model
+        if model is not self._model:  # a hard reset built a new model: the old copies do not fit it
+            self._model, self._held, self._spare = model, OrderedDict(), []
+            self._scratch = mujoco.MjData(model)
+        if self.keep is not None and len(self._held) == self.keep:
+            self._spare.append(self._held.popitem(last=False)[1])
+        copy = self._spare.pop() if self._spare else mujoco.MjData(model)
+        mujoco.mj_copyData(copy, model, sim.data._data)
+        self.latest += 1
+        self._held[self.latest] = copy
+
+    def is_held(self, frame: int) -> bool:
+        return frame in self._held
+
+    def render(self, frame: int) -> list[np.ndarray]:
+        """Every camera's image at `frame`, (S, S, 3) uint8, as robosuite's camera observables return them."""
+        if frame not in self._held:
+            raise RuntimeError(f"frame {frame} is no longer held (the newest is {self.latest}, {self.keep} kept): "
+                               "read an observation's images before the simulator moves on")
+        from robosuite.macros import IMAGE_CONVENTION
+        from robosuite.utils.mjcf_utils import IMAGE_CONVENTION_MAPPING
+
+        sim = self.env.sim
+        model, live = sim.model._model, sim.data._data
+        flip = IMAGE_CONVENTION_MAPPING[IMAGE_CONVENTION]
+        mujoco.mj_copyData(self._scratch, model, live)
+        mujoco.mj_copyData(live, model, self._held[frame])
+        try:
+            return [sim.render(camera_name=camera, width=self.resolution, height=self.resolution)[::flip]
+                    for camera in self.cameras]
+        finally:
+            mujoco.mj_copyData(live, model, self._scratch)
+
+    def drop(self) -> None:
+        """Forget every held frame (memory for `keep=None`, e.g. after an episode)."""
+        self._spare += list(self._held.values())
+        self._held.clear()
