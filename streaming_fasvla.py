@@ -151,6 +151,11 @@ class ActionStream(Generator):
         """C_t plus every action streamed so far, (B, d_a) robot units: the next chunk's cumulative action."""
         return self._normalizer.unnormalize_action(self._accumulated)
 
+    @property
+    def done(self) -> bool:
+        """Every one of the `n_action_steps` steps has been streamed: the next action needs a new chunk."""
+        return self._index >= self._num_steps
+
     def send(self, measured_state):
         if not self._started:
             if measured_state is not None:

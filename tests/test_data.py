@@ -615,6 +615,43 @@ def test_dataloader_workers_after_the_parent_read_videos(joint, roots):
     assert_same_batches(serial, parallel)
 
 
+def test_a_forked_child_never_frees_the_files_of_decoders_that_were_garbage_at_the_fork(roots):
+    """A decoder left in a reference cycle (garbage the collector has not reached yet) still holds open files with
+    decoder threads when a DataLoader forks; the child's collector must not close them (FFmpeg would wait for the
+    threads forever or crash), and the child decodes with files of its own."""
+    import os
+    import time
+
+    from fasvla.data.video import VideoDecoder
+
+    dataset = LeRobotDataset(roots("v3.0-video-h264-2perfile"))
+    path, offset = dataset.episodes[0].videos[CAMERA_KEYS[0]]
+    expected = VideoDecoder().frame_at(path, offset)
+    gc.disable()
+    try:
+        garbage = VideoDecoder()
+        garbage.frame_at(path, offset)
+        garbage.cycle = garbage
+        del garbage
+        pid = os.fork()
+        if pid == 0:  # the child: collect the garbage, then decode
+            try:
+                gc.collect()
+                os._exit(0 if np.array_equal(VideoDecoder().frame_at(path, offset), expected) else 1)
+            except BaseException:
+                os._exit(2)
+    finally:
+        gc.enable()
+    deadline = time.monotonic() + 30
+    while (status := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if status[0] == 0:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child hung freeing files it inherited")
+    assert os.WIFEXITED(status[1]) and os.WEXITSTATUS(status[1]) == 0, f"child status {status[1]}"
+
+
 def test_an_unreachable_hub_dataset_is_refused_with_the_reason(monkeypatch):
     """Offline (HF_HUB_OFFLINE=1, as in the tests), a Hub id that is not in the cache cannot be fetched."""
     with pytest.raises(DatasetError, match="neither a folder nor a reachable Hub dataset"):

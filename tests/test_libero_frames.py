@@ -22,28 +22,42 @@ def env():
         yield environment
 
 
-@pytest.fixture(scope="module")
-def reference():
-    """LIBERO as the evaluation ran it before: both camera observables rendered at every step."""
+def reference_env(suite: str, task_id: int):
+    """LIBERO as the evaluation ran it before: both camera observables rendered at every step, a new rendering
+    context at every hard reset."""
     from libero.libero.envs import OffScreenRenderEnv
 
-    task = libero_task("libero_object", TASK)
+    task = libero_task(suite, task_id)
     environment = OffScreenRenderEnv(bddl_file_name=str(task.bddl_file), camera_heights=RESOLUTION,
                                      camera_widths=RESOLUTION)
     environment.seed(7)
     environment.init_states = task.init_states
+    return environment
+
+
+@pytest.fixture(scope="module")
+def reference():
+    environment = reference_env("libero_object", TASK)
     yield environment
-    environment.close()
+    current(environment).close()
 
 
 def reference_images(raw: dict) -> list[np.ndarray]:
     return [upright(raw["agentview_image"]), upright(raw["robot0_eye_in_hand_image"])]
 
 
+def current(environment):
+    """robosuite renders into whichever GL context is current: the reference's own, not the one under test."""
+    context = environment.env.sim._render_context_offscreen
+    if context is not None:
+        context.gl_ctx.make_current()
+    return environment
+
+
 def test_images_rendered_on_demand_equal_the_camera_observables_and_leave_the_physics_alone(env, reference):
     rng = np.random.default_rng(0)
     observation = env.reset(3, placement_seed=11)
-    raw = reset_to_init_state(reference, reference.init_states[3], 11)
+    raw = reset_to_init_state(current(reference), reference.init_states[3], 11)
     assert not observation.rendered and "agentview_image" not in observation.raw  # nothing rendered by the step
     previous = None
     for step in range(30):
@@ -60,9 +74,27 @@ def test_images_rendered_on_demand_equal_the_camera_observables_and_leave_the_ph
         observation, success = env.step(action, push_force=force)
         reference.env.sim.data.xfrc_applied[reference.env.sim.model.body_name2id("gripper0_eef"), :3] = (
             0.0 if force is None else force)
-        raw, _, done, _ = reference.step(to_env_action(action))
+        raw, _, done, _ = current(reference).step(to_env_action(action))
         assert success == done
     np.testing.assert_array_equal(env.env.get_sim_state(), reference.get_sim_state())  # bit for bit
+
+
+def test_the_rendering_context_kept_across_hard_resets_renders_what_a_new_one_does():
+    """libero_goal task 7: the hard reset moves the stove and the cabinet, the kept context must show them moved."""
+    positions = []
+    with LiberoEnv("libero_goal", 7, resolution=RESOLUTION) as env:
+        reference = reference_env("libero_goal", 7)
+        try:
+            for placement_seed in (1, 2, 1):
+                observation = env.reset(0, placement_seed)
+                raw = reset_to_init_state(current(reference), reference.init_states[0], placement_seed)
+                for ours, theirs in zip(observation.images, reference_images(raw)):
+                    np.testing.assert_array_equal(ours, theirs)
+                positions.append(env.env.env.sim.model.body_pos.copy())
+        finally:
+            current(reference).close()
+    assert np.abs(positions[1] - positions[0]).max() > 1e-4  # the fixtures did move
+    np.testing.assert_array_equal(positions[2], positions[0])
 
 
 def test_a_frame_the_simulator_no_longer_holds_is_refused_by_name(env):

@@ -133,6 +133,59 @@ def test_a_recorded_episode_reads_back_as_a_lerobot_dataset(tmp_path):
     assert row["success"] is True and row["feedback_mode"] == "synchronous"
 
 
+def test_a_recording_without_video_keeps_every_step_and_only_the_frames_the_policy_saw(tmp_path):
+    rng = np.random.default_rng(1)
+    recorder, rendered = EpisodeRecorder(video=False), []
+
+    def observation(step):
+        image = lambda c: np.full((16, 16, 3), 20 * step + c, np.uint8)  # noqa: E731
+        return Observation(rng.normal(size=8).astype(np.float32), {}, renderer=lambda: [image(0), image(1)])
+
+    for step in range(7):
+        current = observation(step)
+        if step % 3 == 0:  # the policy reads the images at its chunk starts
+            rendered.append(current.images)
+        output = PolicyOutput(rng.normal(size=7).astype(np.float32), np.full(8, np.nan, np.float32),
+                              current.state, latency_s=0.002)
+        recorder.add(current, output, output.action.astype(np.float64))
+        assert current.rendered == (step % 3 == 0)  # the recorder rendered nothing more
+    dataset = LeRobotDataset(recorder.save(tmp_path / "episode", "stack the cups", {"success": False}))
+    assert dataset.num_frames == 7 and dataset.features["observation.images.image2"]["dtype"] == "image"
+    np.testing.assert_array_equal(dataset.column("policy.observed"), [1, 0, 0, 1, 0, 0, 1])
+    for images, t in zip(rendered, (0, 3, 6)):  # PNG: exactly what the policy saw
+        for c, camera in enumerate(CAMERAS):
+            np.testing.assert_array_equal(dataset.image(camera, t), images[c])
+    stats = json.loads((dataset.root / "meta/stats.json").read_text())["observation.images.image"]
+    assert stats["count"] == [3] and stats["max"][0][0][0] == pytest.approx(120 / 255)  # over the frames present
+
+
+@pytest.mark.parametrize("objective", ["stream_joint", "chunk"])
+def test_controllers_say_before_each_action_whether_they_read_the_images(objective, tiny_models):
+    from fasvla.libero.policy import make_controller
+    from fasvla.tiny import fake_observation
+
+    model, processor = tiny_models(objective)
+    controller = make_controller(model, processor, "pick up the cube", n_action_steps=3)
+    fake = fake_observation(model.config, seed=0)
+    reads, announced = [], []
+    for step in range(8):
+        announced.append(controller.needs_images)
+        images = [camera[0] for camera in fake["images"]]
+        observation = Observation(fake["state"][0], {}, renderer=lambda: reads.append(step) or images)
+        controller.act(observation)
+    assert reads == [0, 3, 6] and [s for s, needed in enumerate(announced) if needed] == reads
+
+
+def test_the_first_trials_of_each_task_record_video_and_a_resumed_run_may_change_how_many(tmp_path):
+    argv = ["--model", "m", "--task_suite_name", "libero_object", "--task_ids", "0", "1", "--num_trials_per_task",
+            "4", "--first_trial", "10", "--output_dir", str(tmp_path)]
+    args = eval_libero.parse_args(argv + ["--max_episodes_rendered", "1"])
+    assert [[(job.trial, job.video) for job in group] for group in eval_libero.make_jobs(args)] == [
+        [(10, True), (11, False), (12, False), (13, False)]] * 2
+    eval_libero.check_settings(tmp_path, args)
+    eval_libero.check_settings(tmp_path, eval_libero.parse_args(argv + ["--max_episodes_rendered", "4"]))
+
+
 def results():
     def result(suite, task_id, success, steps):
         return EpisodeResult(suite, task_id, f"task {task_id}", 0, 0, success, steps, 5.0, 100.0, "open_loop",

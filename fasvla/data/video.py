@@ -1,5 +1,6 @@
 """Reading and writing the mp4 videos of LeRobot datasets with PyAV (AV1 or H.264)."""
 
+import gc
 import os
 import weakref
 from collections import OrderedDict
@@ -20,8 +21,8 @@ class VideoDecoder:
 
     Open files belong to the process that opened them. A forked DataLoader worker opens its own (sharing FFmpeg's
     demuxer state across processes corrupts the reads) and never frees the ones it inherited, those of every decoder
-    alive at the fork (garbage not yet collected included): their decoder threads did not survive the fork, and
-    FFmpeg's cleanup would wait for them forever or crash.
+    alive at the fork: their decoder threads did not survive the fork, and FFmpeg's cleanup would wait for them
+    forever or crash. For the same reason garbage is collected before every fork (the end of this file).
     """
 
     def __init__(self, max_open: int = 4):
@@ -78,7 +79,9 @@ def _forget_inherited_files() -> None:
         decoder._containers = OrderedDict()
 
 
-os.register_at_fork(after_in_child=_forget_inherited_files)
+# Garbage that holds FFmpeg codecs (a finished encoder in a reference cycle with its stream, a decoder dropped in one)
+# must be freed where its threads exist: collected in a forked child, it waits for them forever or crashes.
+os.register_at_fork(before=gc.collect, after_in_child=_forget_inherited_files)
 
 
 def write_video(path: Path, frames: np.ndarray, fps: int, codec: str = "libsvtav1") -> dict:

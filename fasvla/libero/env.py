@@ -217,6 +217,7 @@ class LiberoEnv:
                            renderer=lambda: [upright(image) for image in self.frames.render(frame)])
 
     def close(self) -> None:
+        self.frames.close()
         self.env.close()
 
     def __enter__(self):

@@ -64,6 +64,10 @@ class EpisodeRun:
         self.controller.reset()
         observation = self.env.reset(self.init_state_id, self.placement_seed)
         for step in range(self.env.max_steps):
+            if self.controller.needs_images:  # rendered here: the simulator's time, not the policy's
+                started = time.perf_counter()
+                observation.render()
+                self.env_s += time.perf_counter() - started
             output = self.controller.act(observation)
             sent = actions(output.action)
             if self.recorder is not None:  # before the step: the simulator still holds this frame

@@ -1,7 +1,9 @@
 """A FAS-VLA driving an environment one action at a time: streaming with state feedback, or SmolVLA-style chunks.
 
 Both controllers take an observation after every executed action and return the next action with what the model
-predicted and conditioned on, and the time the policy took for it.
+predicted and conditioned on, and the time the policy took for it. They read the observation's images only when a
+chunk starts, and say beforehand whether the next action will (`needs_images`), so that the caller renders the
+cameras then and only then (fasvla/libero/frames.py), outside the policy's time.
 """
 
 import time
@@ -36,18 +38,19 @@ class StreamingController:
         self.streamer.reset()
         self.stream = None
 
+    @property
+    def needs_images(self) -> bool:
+        """Whether the next `act` starts a chunk (and reads the observation's images)."""
+        return self.stream is None or self.stream.done
+
     def act(self, observation) -> PolicyOutput:
         start = time.perf_counter()
-        step = None
-        if self.stream is not None:
-            try:
-                step = self.stream.send(torch.as_tensor(observation.state)[None])
-            except StopIteration:
-                step = None
-        if step is None:
+        if self.needs_images:
             inputs = _model_inputs(self.model, self.processor, observation, self.task)
             self.stream = self.streamer.start_chunk(**inputs)
             step = next(self.stream)
+        else:
+            step = self.stream.send(torch.as_tensor(observation.state)[None])
         return policy_output(step, time.perf_counter() - start)
 
 
@@ -61,9 +64,14 @@ class ChunkController:
     def reset(self) -> None:
         self.queue.reset()
 
+    @property
+    def needs_images(self) -> bool:
+        """Whether the next `act` plans a chunk (and reads the observation's images)."""
+        return self.queue.is_empty
+
     def act(self, observation) -> PolicyOutput:
         start = time.perf_counter()
-        inputs = _model_inputs(self.model, self.processor, observation, self.task) if self.queue.is_empty else {}
+        inputs = _model_inputs(self.model, self.processor, observation, self.task) if self.needs_images else {}
         action = self.queue.select_action(**inputs)[0].cpu().numpy()
         latency = time.perf_counter() - start
         return PolicyOutput(action, np.full(8, np.nan, np.float32), observation.state.astype(np.float32), latency)
