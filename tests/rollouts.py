@@ -23,17 +23,20 @@ def frame_value(step: int, camera: int) -> int:
 
 
 def write_rollout(root: Path, job: EpisodeJob, steps: int = 12, feedback_mode: str = "anticipatory",
-                  perturbation: str = "nominal", success: bool = False, seed: int = 0) -> Path:
-    """One episode recorded as eval_libero.py records it, under `root / job.name`."""
+                  perturbation: str = "nominal", success: bool = False, seed: int = 0,
+                  chunk_every: int | None = None) -> Path:
+    """One episode recorded as eval_libero.py records it, under `root / job.name`; with `chunk_every` K, as an
+    episode without video whose policy looked at the cameras every K steps."""
     rng = np.random.default_rng(seed)
-    recorder = EpisodeRecorder()
+    recorder = EpisodeRecorder(video=chunk_every is None)
     for t in range(steps):
         images = [np.full((RESOLUTION, RESOLUTION, 3), frame_value(t, c), np.uint8) for c in range(2)]
         state = rng.normal(size=8).astype(np.float32)
         output = PolicyOutput(action=rng.uniform(-1, 1, 7).astype(np.float32),
                               predicted_state=rng.normal(size=8).astype(np.float32),
                               state_input=rng.normal(size=8).astype(np.float32), latency_s=0.001 * (t + 1))
-        recorder.add(Observation(state, {}, images), output, sent_action=output.action + 0.5)
+        observed = chunk_every is None or t % chunk_every == 0
+        recorder.add(Observation(state, {}, images), output, output.action + 0.5, observed)
     metadata = {"suite": job.suite, "task_id": job.task_id, "trial": job.trial, "init_state_id": job.trial,
                 "success": success, "steps": steps, "policy_ms_per_action": 1.0, "env_ms_per_step": 1.0,
                 "feedback_mode": feedback_mode, "perturbation": perturbation, "model": "tiny"}

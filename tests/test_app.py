@@ -237,6 +237,23 @@ def test_show_episode_then_step_gives_videos_frames_and_figure(evaluation, catal
         app.show_step(rollout_id, [1], 15)
 
 
+def test_an_episode_without_video_shows_the_frames_the_policy_saw_each_until_the_next(tmp_path):
+    folder = write_rollout(tmp_path / "rollouts", EpisodeJob("libero_object", 2, 5), steps=10, chunk_every=4)
+    catalog = RolloutCatalog.scan([str(tmp_path)])
+    rollout_id = catalog.rollouts[0].id
+    episode = catalog.load(rollout_id)
+    assert not episode.has_every_frame and list(np.flatnonzero(episode.observed)) == [0, 4, 8]
+    for t, shown in ((0, 0), (3, 0), (4, 4), (7, 4), (9, 8)):  # lossless PNGs: the exact frame of that step
+        assert episode.frame_step(t) == shown
+        assert int(episode.frame(CAMERAS[1], t)[0, 0, 0]) == frame_value(shown, 1)
+    assert episode.num_steps == 10 and np.isfinite(episode.policy_actions).all()  # every step's columns
+    header, video_a, *_ = ReplayApp(catalog).show_episode(rollout_id, [0])
+    assert "the 3 frames the policy looked at" in header
+    frames = [VideoDecoder().frame_at(video_a, t / 20) for t in (2, 5)]  # the clip holds each frame until the next
+    assert [abs(int(f.mean()) - frame_value(k, 0)) <= 3 for f, k in zip(frames, (0, 4))] == [True, True]
+    assert LeRobotDataset(folder).features[CAMERAS[0]]["dtype"] == "image"
+
+
 def test_comparison_shows_frames_of_both_and_refuses_unrelated_rollouts(evaluation, catalog, app):
     a, b = _id(catalog, evaluation[1]["anticipatory"]), _id(catalog, evaluation[1]["open_loop"])
     header, video_a, video_b, slider, frame_a, frame_b, figure = app.show_comparison(a, b, 1, [0])

@@ -97,6 +97,22 @@ def test_the_rendering_context_kept_across_hard_resets_renders_what_a_new_one_do
     np.testing.assert_array_equal(positions[2], positions[0])
 
 
+def test_a_hard_reset_frees_the_old_model_without_a_garbage_collection(env):
+    import gc
+    import weakref
+
+    env.reset(0)
+    old_model = weakref.ref(env.env.env.sim.model._model)
+    enabled = gc.isenabled()
+    gc.disable()  # reference counting alone must free it (a model holds 250 MB of textures here)
+    try:
+        env.reset(1)
+        assert old_model() is None
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def test_a_frame_the_simulator_no_longer_holds_is_refused_by_name(env):
     observation = env.reset(0)
     for _ in range(2):  # two more frames: the default keeps the newest two

@@ -45,9 +45,9 @@ class FakeEnv:
         return Observation(self.state.copy(), {}, images)
 
 
-def _run(joint, mode, latency=0.010, costs=COSTS, prefix_lead=1, **env_options):
+def _run(joint, mode, latency=0.010, costs=COSTS, prefix_lead=1, video=True, **env_options):
     model, processor = joint
-    run = RealTimeEpisodeRun(FakeEnv(**env_options), model, processor, EpisodeJob("libero_object", 0, 0),
+    run = RealTimeEpisodeRun(FakeEnv(**env_options), model, processor, EpisodeJob("libero_object", 0, 0, video),
                              Perturbation(), seed=0, options=RealTimeOptions(latency, costs, prefix_lead),
                              feedback_mode=mode, n_action_steps=4)
     ticks = list(run)
@@ -119,6 +119,18 @@ def test_a_prefix_is_built_from_the_newest_observation_that_had_arrived(joint):
         # with a prefix lead of 1 the observation is taken when the chunk's third action starts: that tick's
         expected = 0 if chunk == 0 else robot.action_ticks[first.index - 2]
         assert tick == expected
+
+
+def test_a_recording_without_video_keeps_the_frames_the_prefixes_were_built_from(joint):
+    run, ticks = _run(joint, "open_loop", latency=0.020, video=False)
+    frames, observed = run.recorder.frames, run.robot.observed
+    assert [t for t, seen in enumerate(frames["policy.observed"]) if seen] == sorted(observed)
+    assert all((image is None) == (t not in observed) for t, image in enumerate(frames["observation.images.image"]))
+    timings, streamed = run.runner.timings, run.runner.streamed
+    starts = [round(float(streamed[t.index].state_input[0, 7])) for t in timings if t.step == 0]
+    assert set(starts) <= observed and len(observed) <= len(starts) + 1  # + the prefix of a chunk never started
+    for t in observed:  # the image of the tick it was measured at
+        assert frames["observation.images.image"][t][0, 0, 0] == 10 * t % 255
 
 
 def test_the_episode_stops_at_success(joint):

@@ -28,6 +28,7 @@ class EpisodeResult:
     recording: str | None
     held_steps: int = 0  # real time: steps that started with no new action ready (the arm held)
     missed_deadlines: int = 0  # real time: actions ready after they were due
+    wall_s: float = 0.0  # the episode's wall time: reset, steps, recording written (not building the environment)
 
 
 @dataclass(frozen=True)

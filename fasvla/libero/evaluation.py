@@ -1,5 +1,7 @@
 """Running LIBERO episodes with a FAS-VLA and summarising them (the work of `eval_libero.py`)."""
 
+import time
+
 import numpy as np
 
 from fasvla.libero.episode import EpisodeJob, EpisodeResult, EpisodeRun, episode_seed, make_env, run_episode
@@ -16,11 +18,13 @@ def evaluate_jobs(jobs: list[EpisodeJob], model, processor, options: dict, on_re
                 if env is not None:
                     env.close()
                 env = make_env(job, options, model.config.camera_names)
+            started = time.perf_counter()
             run = episode_run(env, model, processor, job, options)
             mode = options["feedback_mode"] or model.config.feedback_mode
             if options.get("real_time") is not None:
                 mode = f"{mode}, real time (latency {1000 * options['real_time'].latency_s:g} ms)"
             result = run_episode(run, options["recording_root"], mode, options["model_name"])
+            result.wall_s = time.perf_counter() - started
             results.append(result)
             if on_result is not None:
                 on_result(result)

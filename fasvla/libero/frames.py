@@ -11,9 +11,13 @@ camera path, and copies the live data back bit for bit: the pixels equal those o
 physics never knows (tests/test_libero_frames.py checks both).
 
 The protocol's hard reset rebuilds the MuJoCo model, and robosuite then builds a new rendering context for it,
-uploading every mesh and texture again (about 1.1 s of a 2.1 s reset on this CPU, a fifth of an episode). The model's
-assets do not change between resets (only where bodies are placed), so the context is kept and handed to the new
-simulation instead; the pixels are the same (tests/test_libero_frames.py renders a moved fixture both ways).
+uploading every mesh and texture again (1.1 s of a 2.1 s reset on this CPU), and new camera observables, each of
+which renders a test frame (0.3 s). The model's assets do not change between resets (only where bodies are placed),
+so the context is kept and handed to the new simulation, and the disabled camera observables are not rebuilt: a
+reset takes 0.75 s, with the same pixels (tests/test_libero_frames.py renders moved fixtures both ways). robosuite
+never makes its GL context current before rendering, and freeing a context deletes GL objects by name in whichever
+context is current: rendering makes its own current first, and closing an environment frees its context with that
+context current.
 """
 
 import time
@@ -56,6 +60,8 @@ class CameraFrames:
 
         for camera in self.cameras:
             self.env.modify_observable(f"{camera}_image", "enabled", False)
+        # nor build them again at every hard reset (each new camera observable renders a test frame: 0.3 s a reset)
+        self.env.use_camera_obs = False
         self.env.add_observable(Observable(SNAPSHOT_OBSERVABLE, snapshot, sampling_rate=self.env.control_freq))
 
     def _snapshot(self) -> None:
@@ -70,9 +76,6 @@ class CameraFrames:
         mujoco.mj_copyData(copy, model, sim.data._data)
         self.latest += 1
         self._held[self.latest] = copy
-
-    def is_held(self, frame: int) -> bool:
-        return frame in self._held
 
     def render(self, frame: int) -> list[np.ndarray]:
         """Every camera's image at `frame`, (S, S, 3) uint8, as robosuite's camera observables return them."""
@@ -111,14 +114,19 @@ class CameraFrames:
 
 def _keep_render_context(env) -> None:
     """Across hard resets, keep the rendering context (the assets uploaded once) and give it to each new simulation
-    before robosuite would build another. The new model gets a scene of its own."""
-    destroy, initialize = env._destroy_sim, env._initialize_sim
+    before robosuite would build another. The new model gets a scene of its own.
+
+    The old simulation is dropped rather than freed by robosuite's `MjSim.free`, whose full garbage collection costs
+    0.2-0.4 s a reset in a process holding a model: nothing refers to the old simulation once the context is handed
+    on and the robots are reset onto the new one, so reference counting frees it (tests/test_libero_frames.py)."""
+    initialize = env._initialize_sim
     kept = {}
 
     def destroy_keeping_context():
-        if env.sim is not None and env.sim._render_context_offscreen is not None:
+        if env.sim is not None:
             kept["context"] = env.sim._render_context_offscreen
-        destroy()
+            env.sim._render_context_offscreen = None
+            env.sim = None
 
     def initialize_with_kept_context(*args, **kwargs):
         initialize(*args, **kwargs)
@@ -136,6 +144,7 @@ def release_render_context(env) -> None:
     """Before the environment closes: robosuite's own teardown again, with this environment's context current.
     Freeing a MuJoCo rendering context deletes its GL objects by name in whichever context is current, which must
     be its own, not another environment's."""
-    del env._destroy_sim, env._initialize_sim  # the class's methods again
+    for name in ("_destroy_sim", "_initialize_sim"):  # the class's methods again
+        env.__dict__.pop(name, None)
     if env.sim is not None and env.sim._render_context_offscreen is not None:
         env.sim._render_context_offscreen.gl_ctx.make_current()

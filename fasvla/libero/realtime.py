@@ -157,21 +157,21 @@ class RealTimeEpisodeRun(EpisodeRun):
         self.runner = RealTimeRunner(self.model, self.processor, self.env.task_language, self.robot,
                                      self.robot.period_s, self.feedback_mode, self.n_action_steps,
                                      self.options.prefix_lead, clock, SimulatedWorker(clock, self.options.costs))
+        ticks = []  # recorded at the end: a prefix may observe a tick after it was yielded
         try:
             for timing in self.runner.actions():
                 output = policy_output(self.runner.streamed[-1], timing.compute)
                 for tick in self.robot.drain():
                     self.held_steps += tick.action_index is None
-                    yield self._record(tick, output if tick.action_index == timing.index else _HELD)
+                    ticks.append((tick, output if tick.action_index == timing.index else _HELD))
+                    yield tick.observation, ticks[-1][1], tick.sent
                 self.success, self.steps, self.env_s = self.robot.success, self.robot.ticks, self.robot.env_s
                 self.policy_s += timing.compute
         finally:
             self.runner.close()
-
-    def _record(self, tick: Tick, output: PolicyOutput):
         if self.recorder is not None:
-            self.recorder.add(tick.observation, output, tick.sent, observed=tick.number in self.robot.observed)
-        return tick.observation, output, tick.sent
+            for tick, output in ticks:
+                self.recorder.add(tick.observation, output, tick.sent, observed=tick.number in self.robot.observed)
 
     def result(self, feedback_mode: str) -> EpisodeResult:
         result = super().result(feedback_mode)
