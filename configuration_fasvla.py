@@ -1,5 +1,7 @@
 """Configuration of FAS-VLA, the Feedback-Aware Streaming VLA (a SmolVLA-based robot policy)."""
 
+import math
+
 from transformers import PreTrainedConfig, SmolVLMConfig
 from transformers.configuration_utils import SubConfigSpec
 
@@ -272,8 +274,8 @@ def _check_int(field, value, minimum):
 
 
 def _check_number(field, value, minimum, strict=False):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
-        _fail(field, "a number", value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        _fail(field, "a finite number", value)
     if value < minimum or (strict and value == minimum):
         _fail(field, f"{'>' if strict else '>='} {minimum}", value)
 

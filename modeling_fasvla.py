@@ -149,17 +149,40 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).to(x.dtype)
 
 
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Masked multi-head attention with grouped key/value heads, scale head_dim^-0.5.
+def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Masked multi-head attention with grouped key/value heads, scale head_dim^-0.5, by PyTorch's SDPA.
 
     q: (B, L, heads, head_dim); k, v: (B, M, kv_heads, head_dim); mask: (B, L, M) bool. Returns (B, L, heads *
-    head_dim). Query head h uses key/value head h // (heads / kv_heads), as in SmolVLA.
+    head_dim). Query head h uses key/value head h // (heads / kv_heads), as in SmolVLA. A query allowed no key
+    gets zeros.
     """
     out = F.scaled_dot_product_attention(
         q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask[:, None],
         enable_gqa=q.shape[2] != k.shape[2],
     )
     return out.transpose(1, 2).flatten(2)
+
+
+def eager_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """`sdpa_attention` written out: softmax(q k^T / sqrt(head_dim)) in float32 over the allowed keys, times v."""
+    groups = q.shape[2] // k.shape[2]
+    k, v = k.repeat_interleave(groups, dim=2), v.repeat_interleave(groups, dim=2)  # (B, M, heads, head_dim)
+    upcast = torch.promote_types(q.dtype, torch.float32)  # softmax in float32 at least
+    scores = torch.einsum("blhd,bmhd->bhlm", q.to(upcast), k.to(upcast)) * q.shape[-1] ** -0.5  # (B, heads, L, M)
+    scores = scores.masked_fill(~mask[:, None], float("-inf"))
+    weights = torch.softmax(scores, dim=-1).nan_to_num(0.0)  # a query allowed no key: zeros, as SDPA gives
+    return torch.einsum("bhlm,bmhd->blhd", weights.to(v.dtype), v).flatten(2)
+
+
+ATTENTION_FUNCTIONS = {"sdpa": sdpa_attention, "eager": eager_attention}  # config._attn_implementation ->
+
+
+def attention_function(config):
+    """The joint attention of `config._attn_implementation` (transformers' `attn_implementation`)."""
+    name = config._attn_implementation or "sdpa"
+    if name not in ATTENTION_FUNCTIONS:
+        raise ValueError(f"attn_implementation must be one of {tuple(ATTENTION_FUNCTIONS)}, got {name!r}")
+    return ATTENTION_FUNCTIONS[name]
 
 
 def _heads(projection: nn.Linear, x: torch.Tensor, head_dim: int) -> torch.Tensor:
@@ -204,6 +227,7 @@ class ActionExpert(nn.Module):
 
     def __init__(self, config: FasVLAConfig, cross_attention_layers: list[bool]):
         super().__init__()
+        self.config = config  # its attention implementation is read at every call (it may be switched)
         expert_config = copy.deepcopy(config.text_config)
         expert_config.hidden_size = config.expert_hidden_size
         expert_config.intermediate_size = config.expert_intermediate_size
@@ -244,7 +268,7 @@ class ActionExpert(nn.Module):
         else:
             k = torch.cat([prefix_k, apply_rope(_heads(attn.k_proj, x, attn.head_dim), cos, sin)], dim=1)
             v = torch.cat([prefix_v, _heads(attn.v_proj, x, attn.head_dim)], dim=1)
-        return _feed_forward(layer, h, attend(q, k, v, masks[is_cross]))
+        return _feed_forward(layer, h, attention_function(self.config)(q, k, v, masks[is_cross]))
 
 
 @dataclass
@@ -356,7 +380,7 @@ class FasVLAForActionPrediction(FasVLAPreTrainedModel):
         mask = prefix_attention_mask(pad_mask, block_start)
         positions = pad_mask.long().cumsum(dim=1) - 1  # padding repeats the previous position
         cos, sin = rope_angles(positions, self.config.text_config.head_dim, self.config.rope_theta)
-        keys, values = [], []
+        keys, values, attend = [], [], attention_function(self.config)
         for index in range(self._last_attended_vlm_layer + 1):
             layer, expert_index = self.vlm.text_model.layers[index], self.expert_of_vlm_layer[index]
             attn = layer.self_attn
@@ -432,7 +456,7 @@ class FasVLAForActionPrediction(FasVLAPreTrainedModel):
 
     def expert_velocity(self, keys, values, masks, rope, x_t: torch.Tensor, time: torch.Tensor) -> torch.Tensor:
         """`velocity` from the prefix's keys/values and the suffix context: tensors only, so that a static copy of
-        them can be compiled and replayed as one graph (fasvla/fast_step.py)."""
+        them can be compiled and replayed as one graph (static_step_fasvla.py)."""
         h = self.embed_suffix(x_t, time)
         for index, (k, v) in enumerate(zip(keys, values)):
             h = self.expert.layer_forward(index, h, k, v, masks, rope)
@@ -479,13 +503,15 @@ class FasVLAForActionPrediction(FasVLAPreTrainedModel):
             pixel_values: (B, N, 3, S, S) in [-1, 1]; input_ids, attention_mask: (B, L); state: (B, d_s), s_t.
             actions: (B, H, d_a), a_t..a_{t+H-1}; action_is_pad: (B, H) True past the episode end.
             future_states: (B, H, d_s), s_{t+1}..s_{t+H} (`stream_joint` only); future_state_is_pad: (B, H).
-            cumulative_action: (B, d_a), C_t = the sum of the episode's actions before t (streaming; default 0).
+            cumulative_action: (B, d_a), C_t = the sum of the episode's actions before t (streaming objectives:
+                required, since the trajectory starts there; zeros at an episode's first frame).
             noise, time: fixed draws instead of random ones. Chunk: noise (B, H, D), time (B,). Streaming: noise
                 (B, Q, D) = eps, time (B, Q) = tau.
         """
         self._check_observation(pixel_values, input_ids, attention_mask, state, image_masks)
         self._check_training_targets(state, actions, action_is_pad, future_states, future_state_is_pad,
                                      cumulative_action)
+        self._check_draws(state.shape[0], noise, time)
         cache = self.encode_prefix(pixel_values, input_ids, attention_mask, state, image_masks)
         objective_loss = self._chunk_loss if self.config.objective == "chunk" else self._stream_loss
         return objective_loss(
@@ -610,17 +636,24 @@ class FasVLAForActionPrediction(FasVLAPreTrainedModel):
     def _check_observation(self, pixel_values, input_ids, attention_mask, state, image_masks, check_finite=False):
         config = self.config
         cameras = len(config.camera_names)
+        size = config.image_size
         if not torch.is_tensor(pixel_values) or pixel_values.ndim != 5 or not pixel_values.is_floating_point() \
-                or pixel_values.shape[1:3] != (cameras, 3):
-            raise ValueError(f"pixel_values must be a float tensor (B, {cameras}, 3, S, S) for the cameras "
-                             f"{config.camera_names}, got {_describe(pixel_values)}; use FasVLAProcessor.")
+                or pixel_values.shape[1:] != (cameras, 3, size, size):
+            raise ValueError(f"pixel_values must be a float tensor (B, {cameras}, 3, {size}, {size}) for the cameras "
+                             f"{config.camera_names} at image_size {size}, got {_describe(pixel_values)}; use "
+                             "FasVLAProcessor.")
         batch = pixel_values.shape[0]
         for name, value in (("input_ids", input_ids), ("attention_mask", attention_mask)):
-            if not torch.is_tensor(value) or value.ndim != 2 or value.shape[0] != batch:
-                raise ValueError(f"{name} must be a (B={batch}, L) tensor, got {_describe(value)}.")
+            if not torch.is_tensor(value) or value.ndim != 2 or value.shape[0] != batch or value.shape[1] < 1:
+                raise ValueError(f"{name} must be a (B={batch}, L >= 1) tensor, got {_describe(value)}.")
         if input_ids.shape != attention_mask.shape:
             raise ValueError(f"input_ids {tuple(input_ids.shape)} and attention_mask {tuple(attention_mask.shape)} "
                              "must have the same shape.")
+        vocab = config.text_config.vocab_size
+        low, high = int(input_ids.min()), int(input_ids.max())  # once per observation, never per streamed step
+        if low < 0 or high >= vocab:
+            raise ValueError(f"input_ids must lie in [0, {vocab}) (the VLM's vocabulary), got values in [{low}, {high}]"
+                             ": was the task tokenized with another model's tokenizer?")
         _check_shape("state", state, (batch, config.state_dim))
         if image_masks is not None:
             _check_shape("image_masks", image_masks, (batch, cameras))
@@ -634,10 +667,22 @@ class FasVLAForActionPrediction(FasVLAPreTrainedModel):
         for name, value in (("action_is_pad", action_is_pad), ("future_state_is_pad", future_state_is_pad)):
             if value is not None:
                 _check_shape(name, value, (batch, config.chunk_size))
-        if cumulative_action is not None:
+        if config.objective != "chunk" or cumulative_action is not None:
             _check_shape("cumulative_action", cumulative_action, (batch, config.action_dim))
         if config.uses_state_trajectory:
             _check_shape("future_states", future_states, (batch, config.chunk_size, config.state_dim))
+
+    def _check_draws(self, batch: int, noise, time) -> None:
+        """Given noise and time draws match the objective's shapes (Q: the queries of the given time, if any)."""
+        config = self.config
+        if config.objective == "chunk":
+            shapes = {"noise": (batch, config.chunk_size, config.max_action_dim), "time": (batch,)}
+        else:
+            queries = time.shape[1] if torch.is_tensor(time) and time.ndim == 2 else config.num_flow_queries
+            shapes = {"noise": (batch, queries, config.max_action_dim), "time": (batch, queries)}
+        for name, value in (("time", time), ("noise", noise)):
+            if value is not None:
+                _check_shape(name, value, shapes[name])
 
 
 def _not_pad(is_pad, shape, device) -> torch.Tensor:

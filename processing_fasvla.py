@@ -43,15 +43,24 @@ def _single_image_to_tensor(image) -> torch.Tensor:
         raise ValueError(f"an image must be a PIL image, a numpy array or a torch tensor, got {type(image).__name__}")
     if image.ndim != 3 or image.shape[0] != 3:
         raise ValueError(f"a torch image must be CHW with 3 channels, got shape {tuple(image.shape)}")
+    if image.shape[1] == 0 or image.shape[2] == 0:
+        raise ValueError(f"an image must have a positive height and width, got (C, H, W) = {tuple(image.shape)}")
     return _to_unit_float(image)
 
 
 def _to_unit_float(image: torch.Tensor) -> torch.Tensor:
+    """uint8 / 255, or a float image checked to lie in [0, 1] (a float image in 0..255 is refused, not clipped)."""
     if image.dtype == torch.uint8:
         return image.float() / 255.0
     if not image.is_floating_point():
         raise ValueError(f"images must be uint8 or float in [0, 1], got dtype {image.dtype}")
-    return image.float()
+    image = image.float()
+    if not torch.isfinite(image).all():
+        raise ValueError("images contain NaN or infinite values")
+    low, high = image.min().item(), image.max().item()  # host-side input check, once per image
+    if low < 0.0 or high > 1.0:
+        raise ValueError(f"float images must lie in [0, 1] (pass uint8 for 0..255), got values in [{low:g}, {high:g}]")
+    return image
 
 
 def images_to_batch(images) -> list[torch.Tensor]:

@@ -27,6 +27,7 @@ In real time the anticipatory step k + 1 is computed before s_obs_{k+1} exists, 
 `send(None)` computes step k + 1 (fasvla/realtime.py).
 """
 
+import math
 from collections.abc import Generator
 from dataclasses import dataclass
 
@@ -102,8 +103,8 @@ def stream_options(config, feedback_mode=None, feedback_gain=None, n_action_step
     steps = config.n_action_steps if n_action_steps is None else n_action_steps
     if mode not in FEEDBACK_MODES:
         raise ValueError(f"feedback_mode must be one of {FEEDBACK_MODES}, got {mode!r}.")
-    if isinstance(gain, bool) or not isinstance(gain, (int, float)) or not gain >= 0:
-        raise ValueError(f"feedback_gain must be a number >= 0, got {gain!r}.")
+    if isinstance(gain, bool) or not isinstance(gain, (int, float)) or not 0 <= gain < math.inf:
+        raise ValueError(f"feedback_gain must be a finite number >= 0, got {gain!r}.")
     if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= config.chunk_size:
         raise ValueError(f"n_action_steps must be an integer in [1, chunk_size={config.chunk_size}], got {steps!r}.")
     return StreamOptions(mode, float(gain), steps)

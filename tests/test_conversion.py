@@ -119,7 +119,8 @@ def test_training_losses_for_the_given_noise_and_time(converted, inputs, fixture
     with torch.no_grad():
         out = model(**inputs, actions=tensors["input.action"], noise=tensors["input.noise"], time=tensors["input.time"])
     assert _max_diff(out.u_t, tensors["train.u_t"]) <= TOLERANCE
-    assert _max_diff(out.losses[..., :7], tensors["train.losses"][..., :7]) <= TOLERANCE
+    # squared errors reach ~15: their float32 rounding alone is ~1e-6 of them (1.1e-5 on an Intel Xeon's kernels)
+    torch.testing.assert_close(out.losses[..., :7], tensors["train.losses"][..., :7], atol=TOLERANCE, rtol=1e-6)
     # our loss averages the real action dims only (LeRobot averages the padding too)
     torch.testing.assert_close(out.loss, tensors["train.losses"][..., :7].mean(), atol=TOLERANCE, rtol=0)
 

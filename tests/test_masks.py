@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from modeling_fasvla import (
+    ATTENTION_FUNCTIONS,
     apply_rope,
-    attend,
     chunk_suffix_layout,
     prefix_attention_mask,
     query_suffix_layout,
@@ -169,13 +169,17 @@ MASK = bools([
 ])
 
 
+@pytest.mark.parametrize("implementation", list(ATTENTION_FUNCTIONS))
 @pytest.mark.parametrize("heads, kv_heads", [(4, 4), (4, 2), (6, 3), (4, 1)])
-def test_attend_equals_naive_grouped_query_attention(heads, kv_heads):
+def test_attention_equals_naive_grouped_query_attention(heads, kv_heads, implementation):
+    attend = ATTENTION_FUNCTIONS[implementation]
     q, k, v = randn(2, 3, heads, 8, seed=1), randn(2, 5, kv_heads, 8, seed=2), randn(2, 5, kv_heads, 8, seed=3)
     torch.testing.assert_close(attend(q, k, v, MASK), naive_attention(q, k, v, MASK), rtol=0, atol=1e-12)
 
 
-def test_attend_ignores_a_masked_out_key():
+@pytest.mark.parametrize("implementation", list(ATTENTION_FUNCTIONS))
+def test_attention_ignores_a_masked_out_key(implementation):
+    attend = ATTENTION_FUNCTIONS[implementation]
     q, k, v = randn(2, 3, 4, 8, seed=1), randn(2, 5, 2, 8, seed=2), randn(2, 5, 2, 8, seed=3)
     masked_key = 3  # hidden from every query of sample 0
     mask = MASK.clone()
@@ -185,3 +189,12 @@ def test_attend_ignores_a_masked_out_key():
     before, after = attend(q, k, v, mask), attend(q, k_changed, v_changed, mask)
     torch.testing.assert_close(after[0], before[0], rtol=0, atol=1e-12)
     assert not torch.allclose(after[1], before[1])  # the same key, visible in sample 1, does matter
+
+
+def test_a_query_allowed_no_key_gets_zeros_in_both_implementations():
+    q, k, v = randn(2, 3, 4, 8, seed=1), randn(2, 5, 2, 8, seed=2), randn(2, 5, 2, 8, seed=3)
+    mask = MASK.clone()
+    mask[1, 2] = False  # a padded query: it may attend to nothing
+    outputs = {name: attend(q, k, v, mask) for name, attend in ATTENTION_FUNCTIONS.items()}
+    assert torch.equal(outputs["eager"][1, 2], torch.zeros(32, dtype=F64))
+    torch.testing.assert_close(outputs["eager"], outputs["sdpa"], rtol=0, atol=1e-12)

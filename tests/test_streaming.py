@@ -269,7 +269,7 @@ def test_bad_states_sent_into_the_stream_raise_value_errors(sent, message, joint
 
 @pytest.mark.parametrize("options, message", [
     ({"feedback_mode": "closed_loop"}, "feedback_mode must be one of"),
-    ({"feedback_gain": -1.0}, "feedback_gain must be a number >= 0"),
+    ({"feedback_gain": -1.0}, "feedback_gain must be a finite number >= 0"),
     ({"n_action_steps": 0}, "n_action_steps must be an integer"),
     ({"n_action_steps": 9}, r"chunk_size=8"),
 ])
