@@ -52,7 +52,7 @@ try:
     )
     from .normalization_fasvla import Normalizer
     from .static_step_fasvla import StaticStreamStep
-    from .streaming_fasvla import ActionStream, EpisodeStreamer, stream_options
+    from .streaming_fasvla import ActionStream, EpisodeStreamer, as_batch, stream_options
 except ImportError:
     from configuration_fasvla import FasVLAConfig
     from flow_fasvla import (
@@ -70,7 +70,7 @@ except ImportError:
     )
     from normalization_fasvla import Normalizer
     from static_step_fasvla import StaticStreamStep
-    from streaming_fasvla import ActionStream, EpisodeStreamer, stream_options
+    from streaming_fasvla import ActionStream, EpisodeStreamer, as_batch, stream_options
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -586,11 +586,11 @@ class FasVLAForActionPrediction(FasVLAPreTrainedModel):
             raise ValueError(f"predict_action_chunk needs objective='chunk', this model has objective="
                              f"'{self.config.objective}': use stream_actions.")
         self._check_observation(pixel_values, input_ids, attention_mask, state, image_masks, check_finite=True)
-        cache = self.encode_prefix(pixel_values, input_ids, attention_mask, state, image_masks)
         shape = (state.shape[0], self.config.chunk_size, self.config.max_action_dim)
         if noise is None:
             noise = torch.randn(shape, device=state.device)
         _check_shape("noise", noise, shape)
+        cache = self.encode_prefix(pixel_values, input_ids, attention_mask, state, image_masks)
         x_0 = self.sample_actions(cache, noise.to(state.device, torch.float32))
         return self.normalizer.unnormalize_action(x_0[..., : self.config.action_dim])
 
@@ -610,17 +610,25 @@ class FasVLAForActionPrediction(FasVLAPreTrainedModel):
             n_action_steps: steps of this chunk, in [1, chunk_size] (default: the config's).
         """
         options = stream_options(self.config, feedback_mode, feedback_gain, n_action_steps)
-        cache = self.encode_observation(pixel_values, input_ids, attention_mask, state, image_masks)
+        self._check_streaming_observation(pixel_values, input_ids, attention_mask, state, image_masks)
+        if cumulative_action is not None:
+            cumulative_action = as_batch("cumulative_action", cumulative_action, state.shape[0],
+                                         self.config.action_dim, state.device)
+        with torch.no_grad():
+            cache = self.encode_prefix(pixel_values, input_ids, attention_mask, state, image_masks)
         return ActionStream(self, cache, state, cumulative_action, options)
 
     def encode_observation(self, pixel_values, input_ids, attention_mask, state, image_masks=None) -> PrefixCache:
         """The prefix cache of a streaming observation, its inputs checked first."""
+        self._check_streaming_observation(pixel_values, input_ids, attention_mask, state, image_masks)
+        with torch.no_grad():
+            return self.encode_prefix(pixel_values, input_ids, attention_mask, state, image_masks)
+
+    def _check_streaming_observation(self, pixel_values, input_ids, attention_mask, state, image_masks) -> None:
         if self.config.objective == "chunk":
             raise ValueError("streaming needs a streaming objective ('stream' or 'stream_joint'); this model has "
                              "objective='chunk': use predict_action_chunk.")
         self._check_observation(pixel_values, input_ids, attention_mask, state, image_masks, check_finite=True)
-        with torch.no_grad():
-            return self.encode_prefix(pixel_values, input_ids, attention_mask, state, image_masks)
 
     def episode_streamer(self, feedback_mode=None, feedback_gain=None, n_action_steps=None) -> EpisodeStreamer:
         """Chunk after chunk over one episode: `streamer.start_chunk(**inputs)` returns the stream of a new

@@ -211,19 +211,23 @@ class ActionStream(Generator):
                           self._normalizer.unnormalize_state(self._state_input), k)
 
     def _as_batch(self, name: str, value, dim: int) -> torch.Tensor:
-        """A (B, dim) float tensor on the model device from a tensor or array; (dim,) is accepted when B = 1."""
-        if isinstance(value, np.ndarray):
-            value = torch.from_numpy(value)
-        if not torch.is_tensor(value) or not value.is_floating_point():
-            raise ValueError(f"{name} must be a float tensor or array of shape ({self._batch}, {dim}), got "
-                             f"{type(value).__name__}.")
-        if value.ndim == 1 and self._batch == 1:
-            value = value[None]
-        if tuple(value.shape) != (self._batch, dim):
-            raise ValueError(f"{name} must have shape ({self._batch}, {dim}), got {tuple(value.shape)}.")
-        if value.device.type == "cpu" and not torch.isfinite(value).all():  # host data: checking costs no sync
-            raise ValueError(f"{name} contains NaN or infinite values: {value}")
-        return value.to(self._device, torch.float32, non_blocking=True)
+        return as_batch(name, value, self._batch, dim, self._device)
+
+
+def as_batch(name: str, value, batch: int, dim: int, device) -> torch.Tensor:
+    """A (batch, dim) float32 tensor on `device` from a float tensor or array; (dim,) is accepted when batch = 1."""
+    if isinstance(value, np.ndarray):
+        value = torch.from_numpy(value)
+    if not torch.is_tensor(value) or not value.is_floating_point():
+        raise ValueError(f"{name} must be a float tensor or array of shape ({batch}, {dim}), got "
+                         f"{type(value).__name__}{'' if not torch.is_tensor(value) else ' of ' + str(value.dtype)}.")
+    if value.ndim == 1 and batch == 1:
+        value = value[None]
+    if tuple(value.shape) != (batch, dim):
+        raise ValueError(f"{name} must have shape ({batch}, {dim}), got {tuple(value.shape)}.")
+    if value.device.type == "cpu" and not torch.isfinite(value).all():  # host data: checking costs no sync
+        raise ValueError(f"{name} contains NaN or infinite values: {value}")
+    return value.to(device, torch.float32, non_blocking=True)
 
 
 class EpisodeStreamer:
@@ -285,4 +289,4 @@ class ChunkQueue:
         return self._queue.pop(0)
 
 
-__all__ = ["ActionStream", "ChunkQueue", "EpisodeStreamer", "StreamOptions", "StreamStep", "stream_options"]
+__all__ = ["ActionStream", "ChunkQueue", "EpisodeStreamer", "StreamOptions", "StreamStep", "as_batch", "stream_options"]

@@ -199,36 +199,6 @@ def test_processor_single_observation_with_a_vector_state(processor):
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def with_images(*images):
-    return {**observation(), "images": list(images)}
-
-
-BAD_INPUTS = {
-    "one camera short": (lambda: with_images(frames(2)), "one entry per camera"),
-    "camera missing from a dict": (lambda: {**observation(), "images": {CAMERAS[0]: frames(2)}},
-                                   "missing the cameras"),
-    "grayscale numpy image": (lambda: with_images(frames(1)[0, ..., 0], frames(1)[0]), "HWC with 3 channels"),
-    "5-d tensor": (lambda: with_images(torch.zeros(1, 2, 3, 64, 64), frames(2)), "CHW with 3 channels"),
-    "HWC tensor": (lambda: with_images(torch.zeros(2, 64, 64, 3), frames(2)), "CHW with 3 channels"),
-    "int32 tensor": (lambda: with_images(torch.zeros(2, 3, 64, 64, dtype=torch.int32), frames(2)),
-                     "uint8 or float"),
-    "bool tensor": (lambda: with_images(torch.zeros(2, 3, 64, 64, dtype=torch.bool), frames(2)), "uint8 or float"),
-    "not an image": (lambda: with_images("image.png", frames(2)), "PIL image, a numpy array or a torch tensor"),
-    "empty task": (lambda: {**observation(), "text": ["close the microwave", ""]}, "empty task"),
-    "blank task": (lambda: {**observation(), "text": "   "}, "empty task"),
-    "too few tasks": (lambda: {**observation(), "text": ["close the microwave"]}, "list of 2 task strings"),
-    "NaN state": (lambda: {**observation(), "state": np.full((2, 8), np.nan)}, "NaN or infinite"),
-    "wrong state dim": (lambda: observation(state_dim=5), r"state must have shape \(2, 8\)"),
-    "cameras with different batch sizes": (lambda: with_images(frames(2), frames(3)), "same number of images"),
-}
-
-
-@pytest.mark.parametrize("make_inputs, message", BAD_INPUTS.values(), ids=BAD_INPUTS.keys())
-def test_processor_rejects_bad_input(processor, make_inputs, message):
-    with pytest.raises(ValueError, match=message):
-        processor(**make_inputs())
-
-
 @pytest.mark.parametrize("kwargs, message", [
     ({"camera_names": []}, "camera_names must be a non-empty list"),
     ({"camera_names": CAMERAS, "padding": "do_not_pad"}, "padding must be 'longest' or 'max_length'"),

@@ -253,41 +253,6 @@ def test_action_only_stream_has_no_state_outputs(tiny_models, inputs_of):
     assert all(torch.equal(a.action, b.action) for a, b in zip(steps, ignored))
 
 
-@pytest.mark.parametrize("sent, message", [
-    (torch.zeros(1, 5), r"shape \(1, 8\)"),
-    (torch.zeros(2, 8), r"shape \(1, 8\)"),
-    (torch.full((1, 8), float("nan")), "NaN"),
-    ("not a state", "must be a float tensor"),
-])
-def test_bad_states_sent_into_the_stream_raise_value_errors(sent, message, joint, inputs_of):
-    model, processor = joint
-    stream = model.stream_actions(**inputs_of(model, processor))
-    next(stream)
-    with pytest.raises(ValueError, match=message):
-        stream.send(sent)
-
-
-@pytest.mark.parametrize("options, message", [
-    ({"feedback_mode": "closed_loop"}, "feedback_mode must be one of"),
-    ({"feedback_gain": -1.0}, "feedback_gain must be a finite number >= 0"),
-    ({"n_action_steps": 0}, "n_action_steps must be an integer"),
-    ({"n_action_steps": 9}, r"chunk_size=8"),
-])
-def test_bad_stream_options_are_refused_before_the_prefix_is_computed(options, message, joint, inputs_of,
-                                                                       monkeypatch):
-    model, processor = joint
-    monkeypatch.setattr(model, "encode_prefix", lambda *a, **k: pytest.fail("prefix computed for a bad request"))
-    with pytest.raises(ValueError, match=message):
-        model.stream_actions(**inputs_of(model, processor), **options)
-
-
-def test_send_before_next_raises_a_value_error(joint, inputs_of):
-    model, processor = joint
-    stream = model.stream_actions(**inputs_of(model, processor))
-    with pytest.raises(ValueError, match="before next"):
-        stream.send(torch.zeros(1, 8))
-
-
 def test_states_may_be_sent_as_numpy_or_unbatched(joint, inputs_of):
     model, processor = joint
     inputs = inputs_of(model, processor)
