@@ -11,6 +11,7 @@ The pure conversions are module functions (tested without a simulator); `LiberoE
 
 import math
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,10 +89,15 @@ def gripper_close_sign_of(states: np.ndarray, actions: np.ndarray, episode_start
 
 def prepare_rendering() -> None:
     """MuJoCo renders off-screen with EGL, LIBERO finds its config: defaults set before LIBERO is imported (and only
-    then, never at import time of this module)."""
+    then, never at import time of this module). The config is the Python environment's own (written by
+    scripts/setup_libero.sh), not ~/.libero, which another environment may have left pointing at its files."""
     os.environ.setdefault("MUJOCO_GL", "egl")
     os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
-    os.environ.setdefault("LIBERO_CONFIG_PATH", str(Path.home() / ".libero"))
+    os.environ.setdefault("LIBERO_CONFIG_PATH", str(Path(sys.prefix) / "etc" / "libero"))
+    config = Path(os.environ["LIBERO_CONFIG_PATH"]) / "config.yaml"
+    if not config.is_file():  # LIBERO would ask for one on the terminal
+        raise FileNotFoundError(f"LIBERO's config {config} is missing: run scripts/setup_libero.sh {sys.executable} "
+                                "(or set LIBERO_CONFIG_PATH to the folder of this installation's config)")
 
 
 @dataclass(frozen=True)

@@ -80,8 +80,9 @@ class CameraFrames:
     def render(self, frame: int) -> list[np.ndarray]:
         """Every camera's image at `frame`, (S, S, 3) uint8, as robosuite's camera observables return them."""
         if frame not in self._held:
-            raise RuntimeError(f"frame {frame} is no longer held (the newest is {self.latest}, {self.keep} kept): "
-                               "read an observation's images before the simulator moves on")
+            held = f"frames {min(self._held)}..{max(self._held)}" if self._held else "no frame (reset or closed since)"
+            raise RuntimeError(f"frame {frame} is no longer held (the simulator holds {held}): read an observation's "
+                               "images before the simulator moves on")
         from robosuite.macros import IMAGE_CONVENTION
         from robosuite.utils.mjcf_utils import IMAGE_CONVENTION_MAPPING
 
