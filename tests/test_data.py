@@ -6,6 +6,7 @@ independently of the reader from the writer's seeding (`expected_episodes`), so 
 episode or looks a video frame up at the wrong time fails against numbers it never produced.
 """
 
+import copy
 import gc
 import json
 import re
@@ -22,6 +23,7 @@ from fasvla.data.samples import (TrainingCollator, TrajectorySamples, cumulative
                                  split_episodes)
 from fasvla.data.stats import dataset_norm_stats, metadata_stats, pooled
 from fasvla.data.synthetic import CAMERA_KEYS, TASKS, synthetic_episode, write_synthetic_dataset
+from normalization_fasvla import normalization_tensors
 
 STATE, ACTION = "observation.state", "action"
 TOP, WRIST = CAMERA_KEYS  # top view of the table, wrist view centred on the agent
@@ -357,26 +359,52 @@ def columns_of(expected):
             ACTION: np.concatenate([e["action"] for e in expected]).astype(np.float64)}
 
 
-def test_v30_stats_with_quantiles_come_from_metadata(broken_copy, expected):
+def test_v30_stats_come_from_metadata_but_the_quantiles_from_the_data(broken_copy, expected):
     root = broken_copy("v3.0-image")
     dataset = LeRobotDataset(root)
     stats, computed = dataset_norm_stats(dataset, STATE, ACTION)
-    assert computed == []
+    assert computed == [f"{STATE}.q01", f"{STATE}.q99", f"{ACTION}.q01", f"{ACTION}.q99"]
     columns = columns_of(expected)
     for name, key in (("state", STATE), ("action", ACTION)):
         np.testing.assert_allclose(stats[name]["mean"], columns[key].mean(0), rtol=1e-12, atol=1e-12)
         np.testing.assert_allclose(stats[name]["q01"], np.quantile(columns[key], 0.01, axis=0), rtol=0, atol=1e-12)
         np.testing.assert_allclose(stats[name]["q99"], np.quantile(columns[key], 0.99, axis=0), rtol=0, atol=1e-12)
-    # The values are those of meta/stats.json, not recomputed: change the file and they follow.
+    # mean/std/min/max are those of meta/stats.json, the quantiles never (LeRobot averages per-episode quantiles)
     stats_file = root / "meta" / "stats.json"
     raw = json.loads(stats_file.read_text())
     raw[ACTION]["q99"] = [100.0 + i for i in range(7)]
     raw[STATE]["std"] = [7.0] * 8
     stats_file.write_text(json.dumps(raw))
-    changed, computed = dataset_norm_stats(LeRobotDataset(root), STATE, ACTION)
-    assert computed == []
-    assert changed["action"]["q99"] == [100.0 + i for i in range(7)] and changed["state"]["std"] == [7.0] * 8
+    changed, _ = dataset_norm_stats(LeRobotDataset(root), STATE, ACTION)
+    assert changed["action"]["q99"] == stats["action"]["q99"] and changed["state"]["std"] == [7.0] * 8
     assert changed["state"]["mean"] == stats["state"]["mean"]
+
+
+def test_one_content_as_v21_and_as_v30_gets_one_action_scale(tmp_path, joint):
+    """The same episodes written in both layouts, the v3.0 stats.json holding LeRobot 0.4's mean of per-episode
+    quantiles: the scales a model is configured with agree (they came out 2.6x apart on LIBERO before)."""
+    from fasvla.data.writer import EpisodeRecord, write_lerobot_dataset
+
+    rng = np.random.default_rng(0)
+    records = [EpisodeRecord("push the block", {STATE: rng.normal(size=(n, 8)).astype(np.float32),
+                                                ACTION: (rng.standard_t(2, size=(n, 7)) * 0.1).astype(np.float32)})
+               for n in (30, 45, 12)]
+    features = {key: {"dtype": "float32", "shape": [d], "names": None} for key, d in ((STATE, 8), (ACTION, 7))}
+    scales = {}
+    for version in ("v2.1", "v3.0"):
+        root = write_lerobot_dataset(tmp_path / version, records, features, fps=10, version=version)
+        if version == "v3.0":  # as LeRobot 0.4.x aggregates them: the mean of the episodes' own quantiles
+            raw = json.loads((root / "meta/stats.json").read_text())
+            per_episode = [np.quantile(r.frames[ACTION].astype(np.float64), [0.01, 0.99], axis=0) for r in records]
+            raw[ACTION]["q01"], raw[ACTION]["q99"] = np.mean(per_episode, axis=0).tolist()
+            (root / "meta/stats.json").write_text(json.dumps(raw))
+        stats, _ = dataset_norm_stats(LeRobotDataset(root), STATE, ACTION)
+        config = copy.deepcopy(joint[0].config)  # a streaming model: the action scale max(|q01|, |q99|)
+        config.norm_stats = stats
+        scales[version] = normalization_tensors(config, "action", 7)["in_scale"]
+    torch.testing.assert_close(scales["v2.1"], scales["v3.0"], rtol=0, atol=0)
+    metadata_scale = np.abs(np.mean(per_episode, axis=0)).max(axis=0) + 1e-6
+    assert np.abs(metadata_scale - scales["v3.0"].numpy()).max() > 0.01  # the metadata's would have differed
 
 
 def test_v30_stats_without_quantiles_compute_q01_q99_from_the_data(roots, expected):

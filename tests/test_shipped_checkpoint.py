@@ -6,10 +6,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from transformers import AutoModel, AutoProcessor
 
 import demo
 import eval_libero
+from conftest import FIXTURES
+from fasvla.checkpoint_outputs import model_outputs
+from fasvla.training import load_model_and_processor
+from scripts.sync_checkpoint_code import REMOTE_CODE
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINTS = {"stream_joint": demo.LIBERO_MODEL, "chunk": ROOT / "checkpoints" / "chunk-small-libero-object"}
@@ -17,12 +22,29 @@ TASK = "pick up the alphabet soup and place it in the basket"
 
 
 @pytest.mark.parametrize("objective", list(CHECKPOINTS))
-def test_its_remote_code_is_the_repository_code_not_a_copy_that_could_drift(objective):
+def test_its_remote_code_is_real_files_equal_to_the_repository_code(objective):
+    """Files, not links (a link reaches the Hub as a path), kept equal to the root's by scripts/sync_checkpoint_code.py
+    once the outputs below say a code change leaves the checkpoint's behaviour as it was."""
     folder = CHECKPOINTS[objective]
-    names = {path.name for path in folder.glob("*.py")}
-    assert {"configuration_fasvla.py", "modeling_fasvla.py", "processing_fasvla.py"} <= names
-    for name in names:
-        assert (folder / name).is_symlink() and (folder / name).resolve() == ROOT / name
+    assert {path.name for path in folder.glob("*.py")} == set(REMOTE_CODE)
+    for name in REMOTE_CODE:
+        assert not (folder / name).is_symlink()
+        assert (folder / name).read_bytes() == (ROOT / name).read_bytes(), \
+            f"{folder.name}/{name} differs from ./{name}: run scripts/sync_checkpoint_code.py"
+
+
+@pytest.mark.parametrize("objective", list(CHECKPOINTS))
+def test_the_current_code_reproduces_what_the_shipped_checkpoint_did(objective):
+    """Outputs for fixed inputs recorded with the code the checkpoint was shipped with (fasvla/checkpoint_outputs.py):
+    a change of the code, or a new config field whose default differs from what a config.json without it meant,
+    shows here. Loaded from the checkpoint's own config.json, with the repository's code."""
+    folder = CHECKPOINTS[objective]
+    model, processor = load_model_and_processor(str(folder), "cpu")
+    outputs = model_outputs(model.eval(), processor)
+    recorded = load_file(FIXTURES / "shipped_checkpoints" / f"{folder.name}.safetensors")
+    assert set(outputs) == set(recorded)
+    for name, value in recorded.items():  # float32 on CPUs of other makes: kernels differ in the last bits
+        torch.testing.assert_close(outputs[name], value, atol=1e-5, rtol=1e-5, msg=lambda m, n=name: f"{n}: {m}")
 
 
 @pytest.mark.parametrize("objective", list(CHECKPOINTS))

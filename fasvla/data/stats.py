@@ -1,8 +1,12 @@
-"""Normalisation statistics of a LeRobot dataset: from its metadata where present, computed from the data where not.
+"""Normalisation statistics of a LeRobot dataset: mean, std, min and max from its metadata where present, the
+quantiles always from the data.
 
-v3.0 keeps them in meta/stats.json (quantiles q01..q99 since LeRobot 0.4); v2.1 keeps per-episode statistics in
-meta/episodes_stats.jsonl (mean, std, min, max, count; no quantiles), which are pooled here the way LeRobot pools
-them. Whatever the metadata lacks (often q01/q99, which the streaming objectives need) is computed from the frames.
+v3.0 keeps statistics in meta/stats.json; v2.1 keeps per-episode statistics in meta/episodes_stats.jsonl (mean, std,
+min, max, count; no quantiles), which are pooled here the way LeRobot pools them (exactly: the variance of a union).
+Quantiles cannot be pooled: LeRobot 0.4.x writes the mean of the per-episode quantiles into stats.json (action q01
+-0.092 there against -0.239 over the frames of one LIBERO dataset), so the same content would get a streaming action
+scale `max(|q01|, |q99|)` 2.6x apart as v2.1 and as v3.0. q01 and q99 are therefore computed from the frames (the
+states and actions are small arrays: one pass), whatever the metadata says; a missing mean/std/min/max too.
 """
 
 import json
@@ -12,6 +16,7 @@ import numpy as np
 from fasvla.data.lerobot_dataset import LeRobotDataset
 
 STATS = ("mean", "std", "min", "max", "q01", "q99")
+FROM_DATA = ("q01", "q99")  # always computed from the frames (see the module docstring)
 
 
 def metadata_stats(dataset: LeRobotDataset) -> dict[str, dict[str, np.ndarray]]:
@@ -52,11 +57,11 @@ def computed_stats(values: np.ndarray) -> dict[str, np.ndarray]:
 
 def dataset_norm_stats(dataset: LeRobotDataset, state_key: str, action_key: str) -> tuple[dict, list[str]]:
     """`norm_stats` for `FasVLAConfig` ({"state": {...}, "action": {...}} of lists) and the names of the statistics
-    that had to be computed from the data."""
+    computed from the data (the quantiles, and what the metadata lacks)."""
     from_metadata = metadata_stats(dataset)
     result, computed = {}, []
     for name, key in (("state", state_key), ("action", action_key)):
-        known = from_metadata.get(key, {})
+        known = {stat: value for stat, value in from_metadata.get(key, {}).items() if stat not in FROM_DATA}
         missing = [stat for stat in STATS if stat not in known]
         fresh = computed_stats(dataset.column(key)) if missing else {}
         computed += [f"{key}.{stat}" for stat in missing]
