@@ -194,61 +194,69 @@ def save_checkpoint(accelerator, folder: Path, step: int, keep: int):
 
 def main(argv=None):
     args = parse_args(argv)
-    output_dir = Path(args.output_dir)
-    accelerator = Accelerator(
-        cpu=cpu_process_group_needed(), gradient_accumulation_steps=args.gradient_accumulation_steps,
-        mixed_precision=args.mixed_precision,
-        log_with=None if args.report_to == "none" else args.report_to, project_dir=str(output_dir),
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
-    )
+    accelerator = make_accelerator(args)
     set_seed(args.seed, device_specific=True)  # each process draws its own flow noise
 
-    # -- data and model ---------------------------------------------------------------------------------------
     dataset = LeRobotDataset.open(args.dataset, args.revision)
     model, processor, camera_keys = build_model(args, dataset)
     dataset.check(camera_keys, args.state_key, args.action_key)  # fail now, not after an hour of training
     stats, computed = dataset_norm_stats(dataset, args.state_key, args.action_key)
     model.set_norm_stats(stats)
-    train_episodes, val_episodes = split_episodes(len(dataset.episodes), args.val_fraction, args.seed)
-
-    def make_samples(episodes):
-        return TrajectorySamples(dataset, model.config.chunk_size, camera_keys, args.state_key, args.action_key,
-                                 episodes)
-
-    # The loaders' own generator keeps the creation of their iterators (epochs, resumes) off the global RNG, which
-    # draws the flow noise: a resumed run then draws exactly the noise of an uninterrupted one.
-    def loader(episodes, **options):
-        return torch.utils.data.DataLoader(
-            make_samples(episodes), batch_size=args.batch_size, num_workers=args.num_workers,
-            collate_fn=TrainingCollator(processor), generator=torch.Generator().manual_seed(args.seed), **options)
-
-    train_loader = loader(train_episodes, shuffle=True, drop_last=True)
-    val_loader = loader(val_episodes) if val_episodes else None
-    if len(train_loader) == 0:
-        raise ValueError(f"--batch_size {args.batch_size} is larger than the {len(train_loader.dataset)} training "
-                         "samples")
+    train_loader, val_loader = make_loaders(args, dataset, model.config.chunk_size, processor, camera_keys)
 
     trainable = freeze(model, args.freeze)
     optimizer = make_optimizer(model, args.lr, tuple(args.betas), args.eps, args.weight_decay)
     model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
     if val_loader is not None:
         val_loader = accelerator.prepare(val_loader)
-
-    step = resume(args.resume_from_checkpoint, output_dir / "checkpoints", accelerator)
-    batches_done = step * args.gradient_accumulation_steps
-
+    step = resume(args.resume_from_checkpoint, Path(args.output_dir) / "checkpoints", accelerator)
     accelerator.init_trackers("fasvla", config={k: str(v) for k, v in vars(args).items()})
     if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
+        Path(args.output_dir).mkdir(parents=True, exist_ok=True)
         accelerator.print(f"{len(trainable)} trainable tensors ({args.freeze}); {len(train_loader.dataset)} train / "
                           f"{len(val_loader.dataset) if val_loader else 0} val samples; statistics computed from the "
                           f"data: {computed or 'none'}")
-    metrics_file = output_dir / "metrics.jsonl"
-    decay_steps = args.decay_steps or args.steps
 
-    # -- training loop ----------------------------------------------------------------------------------------
+    first_step, started = step, time.perf_counter()
+    step = train(args, accelerator, model, optimizer, train_loader, val_loader, step)
+    save_model(args, accelerator, model, processor, len(trainable), step, step - first_step,
+               time.perf_counter() - started)
+    accelerator.end_training()
+
+
+def make_accelerator(args) -> Accelerator:
+    return Accelerator(
+        cpu=cpu_process_group_needed(), gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=None if args.report_to == "none" else args.report_to, project_dir=str(args.output_dir),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+    )
+
+
+def make_loaders(args, dataset: LeRobotDataset, chunk_size: int, processor, camera_keys: list[str]):
+    """The training loader (shuffled, whole batches) and the validation loader (None without validation episodes).
+
+    The loaders' own generator keeps the creation of their iterators (epochs, resumes) off the global RNG, which
+    draws the flow noise: a resumed run then draws exactly the noise of an uninterrupted one."""
+    train_episodes, val_episodes = split_episodes(len(dataset.episodes), args.val_fraction, args.seed)
+
+    def loader(episodes, **options):
+        samples = TrajectorySamples(dataset, chunk_size, camera_keys, args.state_key, args.action_key, episodes)
+        return torch.utils.data.DataLoader(
+            samples, batch_size=args.batch_size, num_workers=args.num_workers, collate_fn=TrainingCollator(processor),
+            generator=torch.Generator().manual_seed(args.seed), **options)
+
+    train_loader = loader(train_episodes, shuffle=True, drop_last=True)
+    if len(train_loader) == 0:
+        raise ValueError(f"--batch_size {args.batch_size} is larger than the {len(train_loader.dataset)} training "
+                         "samples")
+    return train_loader, loader(val_episodes) if val_episodes else None
+
+
+def train(args, accelerator, model, optimizer, train_loader, val_loader, step: int) -> int:
+    """Optimizer steps from `step` to `args.steps`, logging, validating and checkpointing on the way."""
+    batches_done = step * args.gradient_accumulation_steps
     progress = tqdm(total=args.steps, initial=step, disable=not accelerator.is_main_process, desc="train")
-    started, first_step = time.perf_counter(), step
     model.train()
     while step < args.steps:
         epoch, position = divmod(batches_done, len(train_loader))
@@ -256,61 +264,75 @@ def main(argv=None):
         batches = accelerator.skip_first_batches(train_loader, position) if position else train_loader
         for batch in batches:
             batches_done += 1
-            with accelerator.accumulate(model):
-                out = model(**batch)
-                accelerator.backward(out.loss)
-                if accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(model.parameters(), args.grad_clip)
-                    for group in optimizer.param_groups:
-                        group["lr"] = args.lr * lr_multiplier(step, args.warmup_steps, decay_steps, args.lr,
-                                                              args.decay_lr)
-                optimizer.step()
-                optimizer.zero_grad()
+            out = accumulate_batch(args, accelerator, model, optimizer, batch, step)
             if not accelerator.sync_gradients:
                 continue
             step += 1
             progress.update(1)
-            record = {}
-            if step % args.log_every == 0 or step == args.steps:
-                record.update(training_record(out, optimizer, accelerator))
-                progress.set_postfix({k.split("/")[-1]: f"{v:.4f}" for k, v in record.items() if "loss" in k})
-            if val_loader is not None and (step % args.eval_every == 0 or step == args.steps):
-                record.update(validation_loss(model, val_loader, args.val_batches, accelerator, args.seed))
-            if record:
-                accelerator.log(record, step=step)
-                if accelerator.is_main_process:
-                    with metrics_file.open("a") as f:  # flushed at every record: nothing is lost on a crash
-                        f.write(json.dumps({"step": step, **record}) + "\n")
-            if step % args.checkpoint_every == 0 or step == args.steps:
-                save_checkpoint(accelerator, output_dir / "checkpoints" / f"step_{step:07d}", step,
-                                args.keep_checkpoints)
+            after_step(args, accelerator, model, optimizer, val_loader, out, step, progress)
             if step == args.steps:
                 break
     progress.close()
-    elapsed = time.perf_counter() - started
+    return step
 
-    # -- final model ------------------------------------------------------------------------------------------
+
+def accumulate_batch(args, accelerator, model, optimizer, batch: dict, step: int):
+    """Forward and backward of one batch; the optimizer steps when the accumulated gradient is complete."""
+    with accelerator.accumulate(model):
+        out = model(**batch)
+        accelerator.backward(out.loss)
+        if accelerator.sync_gradients:
+            accelerator.clip_grad_norm_(model.parameters(), args.grad_clip)
+            for group in optimizer.param_groups:
+                group["lr"] = args.lr * lr_multiplier(step, args.warmup_steps, args.decay_steps or args.steps,
+                                                      args.lr, args.decay_lr)
+        optimizer.step()
+        optimizer.zero_grad()
+    return out
+
+
+def after_step(args, accelerator, model, optimizer, val_loader, out, step: int, progress) -> None:
+    """The training record, the validation loss and the checkpoint that fall on optimizer step `step`."""
+    record = {}
+    if step % args.log_every == 0 or step == args.steps:
+        record.update(training_record(out, optimizer, accelerator))
+        progress.set_postfix({k.split("/")[-1]: f"{v:.4f}" for k, v in record.items() if "loss" in k})
+    if val_loader is not None and (step % args.eval_every == 0 or step == args.steps):
+        record.update(validation_loss(model, val_loader, args.val_batches, accelerator, args.seed))
+    if record:
+        accelerator.log(record, step=step)
+        if accelerator.is_main_process:
+            with (Path(args.output_dir) / "metrics.jsonl").open("a") as f:  # flushed at every record
+                f.write(json.dumps({"step": step, **record}) + "\n")
+    if step % args.checkpoint_every == 0 or step == args.steps:
+        save_checkpoint(accelerator, Path(args.output_dir) / "checkpoints" / f"step_{step:07d}", step,
+                        args.keep_checkpoints)
+
+
+def save_model(args, accelerator, model, processor, trainable: int, step: int, steps_run: int, elapsed: float) -> None:
+    """`<output_dir>/model` and `summary.json`, once every process holds the same weights (and the Hub copy)."""
     accelerator.wait_for_everyone()
     unwrapped = accelerator.unwrap_model(model)
     checksums = accelerator.gather(torch.tensor([parameter_checksum(unwrapped)], device=accelerator.device))
     ranks_agree = bool(torch.all(checksums == checksums[0]))
     if not ranks_agree:
         raise RuntimeError(f"the processes ended with different weights: checksums {checksums.tolist()}")
-    if accelerator.is_main_process:
-        unwrapped.save_pretrained(output_dir / "model")
-        processor.save_pretrained(output_dir / "model")
-        samples = (step - first_step) * args.batch_size * args.gradient_accumulation_steps * accelerator.num_processes
-        summary = {"steps": step, "processes": accelerator.num_processes, "wall_s": elapsed,
-                   "samples_per_s": samples / elapsed if elapsed else None, "ranks_agree": ranks_agree,
-                   "parameter_checksum": checksums[0].item(), "trainable_tensors": len(trainable),
-                   "peak_gpu_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available()
-                   else None}
-        (output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-        accelerator.print(f"saved {output_dir / 'model'}; {json.dumps(summary)}")
-        if args.push_to_hub:
-            unwrapped.push_to_hub(args.push_to_hub)
-            processor.push_to_hub(args.push_to_hub)
-    accelerator.end_training()
+    if not accelerator.is_main_process:
+        return
+    output_dir = Path(args.output_dir)
+    unwrapped.save_pretrained(output_dir / "model")
+    processor.save_pretrained(output_dir / "model")
+    samples = steps_run * args.batch_size * args.gradient_accumulation_steps * accelerator.num_processes
+    summary = {"steps": step, "processes": accelerator.num_processes, "wall_s": elapsed,
+               "samples_per_s": samples / elapsed if elapsed else None, "ranks_agree": ranks_agree,
+               "parameter_checksum": checksums[0].item(), "trainable_tensors": trainable,
+               "peak_gpu_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available()
+               else None}
+    (output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    accelerator.print(f"saved {output_dir / 'model'}; {json.dumps(summary)}")
+    if args.push_to_hub:
+        unwrapped.push_to_hub(args.push_to_hub)
+        processor.push_to_hub(args.push_to_hub)
 
 
 if __name__ == "__main__":

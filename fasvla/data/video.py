@@ -22,7 +22,7 @@ class VideoDecoder:
     Open files belong to the process that opened them. A forked DataLoader worker opens its own (sharing FFmpeg's
     demuxer state across processes corrupts the reads) and never frees the ones it inherited, those of every decoder
     alive at the fork: their decoder threads did not survive the fork, and FFmpeg's cleanup would wait for them
-    forever or crash. For the same reason garbage is collected before every fork (the end of this file).
+    forever or crash. For the same reason a child never collects the garbage it inherits (the end of this file).
     """
 
     def __init__(self, max_open: int = 4):
@@ -80,8 +80,9 @@ def _forget_inherited_files() -> None:
 
 
 # Garbage that holds FFmpeg codecs (a finished encoder in a reference cycle with its stream, a decoder dropped in one)
-# must be freed where its threads exist: collected in a forked child, it waits for them forever or crashes.
-os.register_at_fork(before=gc.collect, after_in_child=_forget_inherited_files)
+# must be freed where its threads exist: collected in a forked child, it would wait for them forever or crash. The
+# objects alive at a fork are frozen for it (never collected in the child), and thawed again in the parent.
+os.register_at_fork(before=gc.freeze, after_in_parent=gc.unfreeze, after_in_child=_forget_inherited_files)
 
 
 def write_video(path: Path, frames: np.ndarray, fps: int, codec: str = "libsvtav1") -> dict:
