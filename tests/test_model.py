@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from fasvla.tiny import fake_observation, fake_targets, tiny_model_and_processor
-from modeling_fasvla import chunk_suffix_layout, query_suffix_layout
+from modeling_fasvla import ATTENTION_FUNCTIONS, chunk_suffix_layout, eager_attention, query_suffix_layout
 from reference_joint import joint_velocity
 
 OBJECTIVES = ["chunk", "stream", "stream_joint"]
@@ -240,3 +240,31 @@ def test_loss_decreases_when_overfitting_one_batch(objective, inputs_of):
         optimizer.step()
     with torch.no_grad():
         assert model(**batch).loss < 0.3 * initial
+
+
+@pytest.mark.parametrize("objective", ["stream_joint", "chunk"])
+def test_eager_and_sdpa_attention_give_the_same_model(objective, inputs_of, monkeypatch):
+    """`attn_implementation` is honoured, not ignored: the joint attention (and the vision tower) switch, with the
+    same losses, streamed actions and chunks."""
+    calls = []
+    monkeypatch.setitem(ATTENTION_FUNCTIONS, "eager", lambda *a: calls.append(1) or eager_attention(*a))
+    model, processor = tiny_model_and_processor(seed=0, objective=objective)
+    inputs = inputs_of(model, processor, batch_size=2)
+    targets = fake_targets(model.config, inputs["state"])
+    noise, time = _fixed_draws(model, 2, model.config.chunk_size if objective == "chunk"
+                               else model.config.num_flow_queries)
+
+    def outputs():
+        with torch.no_grad():
+            loss = model(**inputs, **targets, noise=noise, time=time).losses
+        if objective == "chunk":
+            return loss, model.predict_action_chunk(**inputs, noise=noise)
+        return loss, next(model.stream_actions(**inputs)).action
+
+    sdpa = outputs()
+    assert not calls
+    model.set_attn_implementation("eager")
+    eager = outputs()
+    assert model.config._attn_implementation == "eager" and calls  # the eager function did the attention
+    for a, b in zip(sdpa, eager):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
