@@ -2,7 +2,8 @@
 
     python generate_libero_demos.py --task_suite_name libero_object --demos_per_task 50 --output_dir outputs/demos
     python generate_libero_demos.py --task_suite_name libero_spatial libero_goal --task_ids 0 1 2 \
-        --init_states 0-39 --demos_per_task 40 --num_workers 2 --seed 1     # init states 40-49 held out
+        --demos_per_task 40 --num_workers 2 --seed 1        # random resets: every fixed init state stays held out
+    python generate_libero_demos.py ... --init_states 0-39    # from the benchmark's fixed init states 0-39 instead
     python generate_libero_demos.py ... --no_diversity                       # the plain expert, one motion per state
 
 The expert (fasvla/libero/expert) reads object poses, collision geometry and the task's BDDL goal from the simulator.
@@ -60,8 +61,9 @@ def parse_args(argv=None):
     p.add_argument("--task_suite_name", nargs="+", default=["libero_object"], choices=list(SUITE_MAX_STEPS))
     p.add_argument("--task_ids", type=int, nargs="*", default=None, help="default: every task of the suites")
     p.add_argument("--demos_per_task", type=int, default=50)
-    p.add_argument("--init_states", nargs="+", default=["0-49"],
-                   help="init state ids the demonstrations start from, cycled (e.g. 0-39 to hold 40-49 out)")
+    p.add_argument("--init_states", nargs="+", default=["random"],
+                   help="'random' (seeded random resets, new placements: the benchmark's 50 fixed init states stay "
+                        "held out) or fixed init state ids, cycled (e.g. 0-39)")
     p.add_argument("--attempts_per_demo", type=int, default=3, help="styles tried before a demonstration is skipped")
     p.add_argument("--resolution", type=int, default=256)
     p.add_argument("--fps", type=int, default=10, choices=[10, 20], help="the dataset's label; frames are 20 Hz steps")
@@ -84,9 +86,10 @@ def parse_args(argv=None):
         p.error("--demos_per_task, --attempts_per_demo, --num_workers and --resolution must be >= 1")
     args.task_ids = list(range(10)) if args.task_ids is None else args.task_ids
     try:
-        args.init_states = parse_id_ranges(args.init_states)
-        if not all(0 <= i < INIT_STATES_PER_TASK for i in args.init_states):
-            raise ValueError(f"--init_states must lie in [0, {INIT_STATES_PER_TASK}), got {args.init_states}")
+        args.init_states = None if args.init_states == ["random"] else parse_id_ranges(args.init_states)
+        if args.init_states is not None and not all(0 <= i < INIT_STATES_PER_TASK for i in args.init_states):
+            raise ValueError(f"--init_states must be 'random' or lie in [0, {INIT_STATES_PER_TASK}), got "
+                             f"{args.init_states}")
         args.diversity = Diversity.none() if args.no_diversity else Diversity(
             tuple(args.speed), tuple(args.approach_height), tuple(args.lift_height), tuple(args.carry_clearance),
             args.grasp_yaw, args.action_noise)

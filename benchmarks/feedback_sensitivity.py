@@ -3,7 +3,8 @@
     python benchmarks/feedback_sensitivity.py --model checkpoints/fasvla-small-libero-object \
         --dataset outputs/results/demos/dataset
 
-On held-out frames (the validation episodes of the training split, as `train_accelerate.py` draws it) each frame is
+On held-out frames (the validation episodes of the training split, as `train_accelerate.py` draws it, or every
+episode of a dataset the model never saw: `--unseen_dataset`) each frame is
 a chunk start: the model's prefix from its images, task and state, the trajectory point [A ; S_in] from the episode's
 cumulative action and its state. The fed-back state is displaced along each dimension and the change of the action
 velocity projected on the corrective direction -G e_d (G: the ridge pseudo-inverse of the state's response to the
@@ -39,6 +40,8 @@ def parse_args(argv=None):
     p.add_argument("--action_key", default="action")
     p.add_argument("--frames", type=int, default=128, help="held-out frames, drawn uniformly")
     p.add_argument("--val_fraction", type=float, default=0.05, help="as the model was trained (train_accelerate.py)")
+    p.add_argument("--unseen_dataset", action="store_true",
+                   help="the model was not trained on --dataset: every episode is held out")
     p.add_argument("--seed", type=int, default=0, help="as the model was trained; also draws the frames")
     p.add_argument("--epsilon", type=float, default=1e-2, help="finite-difference step, normalised state units")
     p.add_argument("--ridge", type=float, default=DEFAULT_RIDGE)
@@ -59,6 +62,8 @@ def normalised(model, states: np.ndarray, actions: np.ndarray) -> tuple[np.ndarr
 
 def held_out_rows(dataset: LeRobotDataset, args) -> np.ndarray:
     _, val_episodes = split_episodes(len(dataset.episodes), args.val_fraction, args.seed)
+    if args.unseen_dataset:
+        val_episodes = list(range(len(dataset.episodes)))
     if not val_episodes:
         raise ValueError(f"--val_fraction {args.val_fraction} leaves no held-out episode of {len(dataset.episodes)}")
     rows = np.concatenate([np.arange(e.start, e.start + e.length) for i, e in enumerate(dataset.episodes)

@@ -299,7 +299,7 @@ def test_the_summary_counts_attempts_successes_and_kept_frames():
     assert summary["overall"]["kept"] == 1 and summary["overall"]["requested"] == 2
 
 
-@pytest.mark.parametrize("argv, message", [(["--init_states", "45-52"], "--init_states must lie in"),
+@pytest.mark.parametrize("argv, message", [(["--init_states", "45-52"], "--init_states must be 'random' or lie in"),
                                            (["--speed", "0.5", "2"], "speed must not exceed 1"),
                                            (["--demos_per_task", "0"], "must be >= 1")])
 def test_bad_options_are_refused(argv, message, capsys):
@@ -424,3 +424,23 @@ def test_the_generator_writes_a_dataset_of_the_planned_demonstrations(tmp_path, 
                                first_observations[-1].images):  # the rotated images LiberoEnv gives, not raw ones
         decoded = dataset.image(camera, 0).astype(int)
         assert np.abs(decoded - upright).mean() < 6 < np.abs(decoded - upright[::-1, ::-1]).mean()
+
+
+@pytest.mark.slow
+def test_a_random_reset_is_a_new_seeded_placement_not_a_fixed_init_state(planning_env):
+    """Demonstrations start from random resets (DESIGN.md section 9): the placement is a function of the seed, and
+    none of the benchmark's fixed init states (compared as MuJoCo states before the objects settle)."""
+    libero = planning_env.env.env
+
+    def placed(seed):  # the flattened state [time, qpos, qvel] right after the seeded hard reset
+        libero.seed(seed)
+        libero.reset()
+        return libero.get_sim_state().copy()
+
+    first = placed(11)
+    np.testing.assert_array_equal(placed(11), first)
+    assert np.abs(placed(12) - first).max() > 1e-3  # metres: the basket alone moves by about a centimetre
+    fixed = np.stack(planning_env.init_states)[:, 1:]  # without the time
+    assert np.abs(fixed - first[1:]).max(axis=1).min() > 1e-3
+    with pytest.raises(ValueError, match="needs a placement_seed"):
+        planning_env.env.reset(None)

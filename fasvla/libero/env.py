@@ -125,15 +125,18 @@ def libero_task(suite: str, task_id: int) -> LiberoTask:
 def reset_to_init_state(env, init_state, placement_seed: int | None = None) -> dict:
     """The protocol's reset of a LIBERO environment: a hard reset (it also restarts the horizon, which
     `set_init_state` does not), the fixed init state, then the wait steps while the objects settle and the gripper
-    opens. Returns LIBERO's last observation dict.
+    opens. Returns LIBERO's last observation dict. `init_state=None` keeps the placement the hard reset drew: a
+    random reset, a new draw from the distribution the fixed init states were drawn from (DESIGN.md section 9).
 
-    The hard reset rebuilds the model and re-places the fixtures (cabinet, stove, rack: by up to about 1 cm) with
-    numpy's global generator, which the init state does not pin down. `placement_seed` seeds it first (LIBERO's
-    `env.seed`), so that an episode's scene depends on its own seed, not on how many resets came before."""
+    The hard reset rebuilds the model and places the fixtures (cabinet, stove, rack: by up to about 1 cm) and, for a
+    random reset, the objects with numpy's global generator, which the init state does not pin down.
+    `placement_seed` seeds it first (LIBERO's `env.seed`), so that an episode's scene depends on its own seed, not on
+    how many resets came before."""
     if placement_seed is not None:
         env.seed(placement_seed)
     env.reset()
-    env.set_init_state(init_state)
+    if init_state is not None:
+        env.set_init_state(init_state)
     raw = None
     for _ in range(WAIT_STEPS):
         raw, _, _, _ = env.step(WAIT_ACTION)
@@ -194,11 +197,16 @@ class LiberoEnv:
         libero_cameras = [CAMERAS[camera].removesuffix("_image") for camera in self.cameras]
         self.frames = CameraFrames(self.env.env, libero_cameras, resolution, keep_frames)
 
-    def reset(self, init_state_id: int, placement_seed: int | None = None) -> Observation:
-        if not 0 <= init_state_id < len(self.init_states):
-            raise ValueError(f"init_state_id must be in [0, {len(self.init_states)}), got {init_state_id}")
+    def reset(self, init_state_id: int | None, placement_seed: int | None = None) -> Observation:
+        """The protocol's reset to fixed init state `init_state_id`, or (None) a random reset seeded by
+        `placement_seed`."""
+        if init_state_id is None and placement_seed is None:
+            raise ValueError("a random reset (init_state_id None) needs a placement_seed to be reproducible")
+        if init_state_id is not None and not 0 <= init_state_id < len(self.init_states):
+            raise ValueError(f"init_state_id must be None or in [0, {len(self.init_states)}), got {init_state_id}")
         self.frames.drop()
-        return self.observation(reset_to_init_state(self.env, self.init_states[init_state_id], placement_seed))
+        init_state = None if init_state_id is None else self.init_states[init_state_id]
+        return self.observation(reset_to_init_state(self.env, init_state, placement_seed))
 
     def step(self, action: np.ndarray, push_force: np.ndarray | None = None,
              render: bool = False) -> tuple[Observation, bool]:

@@ -42,7 +42,7 @@ class DemoEnv:
         self.init_states, self.cameras = self.env.init_states, self.env.cameras
         self.observations: list[Observation] = []
 
-    def reset(self, init_state_id: int, placement_seed: int) -> Scene:
+    def reset(self, init_state_id: int | None, placement_seed: int) -> Scene:
         self.observations = [self.env.reset(init_state_id, placement_seed)]
         return Scene(self.env.env.env)
 
@@ -57,16 +57,17 @@ class DemoEnv:
 
 @dataclass
 class Plan:
-    init_state_id: int
+    init_state_id: int | None  # None: a random reset
     placement_seed: int  # numpy's global seed before the hard reset: the fixtures' placement
     actions: np.ndarray  # (T, 7) float64, as sent
     success_step: int | None  # actions after which the task first succeeded
     seconds: float
 
 
-def plan_episode(env: DemoEnv, init_state_id: int, style: Style, rng: np.random.Generator, max_steps: int,
+def plan_episode(env: DemoEnv, init_state_id: int | None, style: Style, rng: np.random.Generator, max_steps: int,
                  stop_at_success: bool = True) -> Plan:
-    """Run the expert once from `init_state_id`; with `stop_at_success` the plan ends at the first success."""
+    """Run the expert once from `init_state_id` (None: a random reset, seeded by the plan's placement seed); with
+    `stop_at_success` the plan ends at the first success."""
     started = time.perf_counter()
     placement_seed = int(rng.integers(2**31))
     arm = Arm(env.step, env.reset(init_state_id, placement_seed), style, rng, max_steps, stop_at_success)

@@ -1,6 +1,8 @@
 """Demonstration jobs: one job fills one demonstration slot of one task (plan, keep if successful, render, stage).
 
-Slot j of a task starts from init state `init_states[j % len(init_states)]`; its attempts draw their styles from a
+Slot j of a task starts from a random reset (the default: the placement drawn from the attempt's seed, never one of
+the benchmark's fixed init states, DESIGN.md section 9) or from init state `init_states[j % len(init_states)]`; its
+attempts draw their styles and placements from a
 random stream named by (seed, suite, task, slot, attempt), so a dataset does not depend on the number of workers or
 on the order jobs run in. An attempt is kept when the plan succeeds within the suite's step limit; its frames are
 then rendered from the simulator data the plan left (fasvla/libero/expert/demos.py) and go to `staging/` as .npy
@@ -24,7 +26,7 @@ class DemoJob:
     suite: str
     task_id: int
     demo_index: int  # the slot within the task
-    init_state_id: int
+    init_state_id: int | None  # None: a random reset
 
 
 @dataclass(frozen=True)
@@ -44,7 +46,7 @@ class Attempt:
     suite: str
     task_id: int
     demo_index: int
-    init_state_id: int
+    init_state_id: int | None
     attempt: int
     planned_success: bool
     success_step: int | None
@@ -81,8 +83,10 @@ def check_tasks(suites: list[str], task_ids: list[int]) -> None:
         raise ValueError("unsupported tasks (leave them out with --task_ids):\n  " + "\n  ".join(problems))
 
 
-def make_jobs(suites: list[str], task_ids: list[int], demos_per_task: int, init_states: list[int]) -> list[DemoJob]:
-    return [DemoJob(suite, task_id, j, init_states[j % len(init_states)])
+def make_jobs(suites: list[str], task_ids: list[int], demos_per_task: int,
+              init_states: list[int] | None) -> list[DemoJob]:
+    """`init_states` None: every slot starts from a random reset."""
+    return [DemoJob(suite, task_id, j, None if init_states is None else init_states[j % len(init_states)])
             for suite in suites for task_id in task_ids for j in range(demos_per_task)]
 
 
