@@ -1,9 +1,14 @@
 """Streaming actions with state feedback (DESIGN.md section 5), and the chunk-queue baseline.
 
-At a chunk start (frame t) the prefix is cached and, in normalised units, `A = C_t`, `S_in = s_t`, `s_hat_0 = s_t`.
-Step k runs the expert once at `tau = k / H` on `x = [A ; S_in]` and takes one Euler step, `delta = v / H`:
+At a chunk start (frame t) the prefix is cached and, in normalised units, `A = A_0` (`C_t`, the sum of the actions
+executed so far, or 0 with `trajectory_origin="chunk"`; the last command for `absolute_action_dims`), `S_in = s_t`,
+`s_hat_0 = s_t`. Step k runs the expert once at `tau = k / H` on `x = [A ; S_in]` and takes one Euler step,
+`delta = v / H`:
 
-    a_{t+k} = delta_A  (sent to the robot at once)      s_hat_{k+1} = S_in + delta_S      A += delta_A
+    a_{t+k} = delta_A  (A_k + delta_A for absolute dims)      s_hat_{k+1} = S_in + delta_S      A += delta_A
+
+`send(s_obs, executed_action=a)` says what the robot really executed (after clipping, holds, safety limits); the
+trajectory then continues from it rather than from the streamed action.
 
 The state input of step k + 1 depends on the feedback mode:
 
@@ -19,8 +24,8 @@ counts each correction twice: the estimation error then follows e_{k+1} = e_k - 
 beta = 1 oscillates forever (period 6) after a single push. Measured against S_in_k, the estimation error follows
 e_{k+1} = (1 - beta) e_k + w_k (w: what the model could not predict); beta = 1 is then "the latest measurement plus
 the predicted increment", `s_obs_k + delta_S_k`. The two agree in open loop, where S_in_k = s_hat_k.
-Sending None means "no new measurement": anticipatory keeps its last residual, synchronous falls back to the
-prediction.
+Sending None means "no new measurement": anticipatory adds no residual (each one corrects a single step: re-adding
+it would turn one push into a drift), synchronous falls back to the prediction.
 
 In real time the anticipatory step k + 1 is computed before s_obs_{k+1} exists, so a real-time runner splits `send`:
 `observe(s_obs_k)` as soon as the state measured before a_{t+k} ran arrives (it sets r_k against S_in_k), then
@@ -37,8 +42,10 @@ import torch.nn.functional as F
 
 try:
     from .configuration_fasvla import FEEDBACK_MODES
+    from .flow_fasvla import trajectory_start
 except ImportError:
     from configuration_fasvla import FEEDBACK_MODES
+    from flow_fasvla import trajectory_start
 
 
 @dataclass
@@ -76,10 +83,12 @@ class AnticipatoryFeedback:
 
     def __init__(self, gain: float, like: torch.Tensor):
         self.gain = gain
-        self.residual = torch.zeros_like(like)
+        self.none = torch.zeros_like(like)
+        self.residual = self.none
 
     def state_input(self, predicted: torch.Tensor, observed: torch.Tensor | None) -> torch.Tensor:
         state_input = predicted + self.gain * self.residual
+        self.residual = self.none  # used once: without a new measurement the next step adds none
         if observed is not None:
             self.observe(observed, state_input)
         return state_input
@@ -124,7 +133,7 @@ class ActionStream(Generator):
     is tensor operations only: no `.item()`, no host synchronisation.
     """
 
-    def __init__(self, model, cache, state, cumulative_action, options: StreamOptions):
+    def __init__(self, model, cache, state, cumulative_action, options: StreamOptions, previous_action=None):
         config = model.config
         self._model, self._cache = model, cache
         self._normalizer = model.normalizer
@@ -132,12 +141,12 @@ class ActionStream(Generator):
         self._action_dim, self._state_dim = config.action_dim, config.state_dim
         self._num_steps, self._chunk_size = options.n_action_steps, config.chunk_size
         self._joint = config.uses_state_trajectory
+        self._absolute = model.absolute_action_mask(self._device)  # (d_a,)
 
-        if cumulative_action is None:
-            self._accumulated = torch.zeros(self._batch, self._action_dim, device=self._device)  # A
-        else:
-            cumulative_action = self._as_batch("cumulative_action", cumulative_action, self._action_dim)
-            self._accumulated = self._normalizer.normalize_action(cumulative_action)
+        self._executed = self._normalised_action("cumulative_action", cumulative_action)  # C: the sum executed
+        self._last = self._normalised_action("previous_action", previous_action)  # the last executed command
+        self._trajectory = trajectory_start(self._executed, self._last, self._absolute, config.trajectory_origin)
+        self._streamed = None  # the last streamed action, normalised, until the robot says what it executed
         self._state_input = self._normalizer.normalize_state(state) if self._joint else None  # S_in
         self._predicted = self._state_input  # s_hat
         self._feedback = make_feedback(options, state.float())
@@ -147,19 +156,31 @@ class ActionStream(Generator):
         self._index = 0
         self._started = self._finished = False
 
+    def _normalised_action(self, name: str, value) -> torch.Tensor:
+        if value is None:
+            return torch.zeros(self._batch, self._action_dim, device=self._device)
+        return self._normalizer.normalize_action(self._as_batch(name, value, self._action_dim))
+
     @property
     def cumulative_action(self) -> torch.Tensor:
-        """C_t plus every action streamed so far, (B, d_a) robot units: the next chunk's cumulative action."""
-        return self._normalizer.unnormalize_action(self._accumulated)
+        """C_t plus every action executed so far, (B, d_a) robot units: the next chunk's cumulative action."""
+        return self._normalizer.unnormalize_action(self._executed)
+
+    @property
+    def last_action(self) -> torch.Tensor:
+        """The last action executed (streamed, unless `send` said otherwise), (B, d_a) robot units."""
+        return self._normalizer.unnormalize_action(self._last)
 
     @property
     def done(self) -> bool:
         """Every one of the `n_action_steps` steps has been streamed: the next action needs a new chunk."""
         return self._index >= self._num_steps
 
-    def send(self, measured_state):
+    def send(self, measured_state, executed_action=None):
+        """The next step, from the state measured after the last action (None: no measurement) and, if it differs
+        from the streamed one, the action the robot executed (robot units, (B, d_a))."""
         if not self._started:
-            if measured_state is not None:
+            if measured_state is not None or executed_action is not None:
                 raise ValueError("send() before next(): call next(stream) first to get step 0, then send the state "
                                  "measured after executing its action.")
             self._started = True
@@ -170,6 +191,8 @@ class ActionStream(Generator):
         if measured_state is not None:
             observed = self._normalizer.normalize_state(self._as_batch("measured state", measured_state,
                                                                        self._state_dim))
+        if executed_action is not None:
+            self._executed_instead(self._normalised_action("executed_action", executed_action))
         if self._index >= self._num_steps:
             self._finished = True
             raise StopIteration
@@ -193,17 +216,27 @@ class ActionStream(Generator):
         self._finished = True
         raise typ if value is None else value
 
+    def _executed_instead(self, executed: torch.Tensor) -> None:
+        """The robot executed `executed` (normalised) instead of the streamed action: count it, and continue the
+        trajectory from it (integrated dims: A_k + executed; absolute dims: the executed command)."""
+        self._executed = self._executed - self._streamed + executed
+        self._trajectory = torch.where(self._absolute, executed, self._trajectory - self._streamed + executed)
+        self._last = self._streamed = executed
+
     @torch.no_grad()
     def _step(self) -> StreamStep:
         k = self._index
-        parts = [self._accumulated] + ([self._state_input] if self._joint else [])
+        parts = [self._trajectory] + ([self._state_input] if self._joint else [])
         x = torch.cat(parts, dim=-1)
         x = F.pad(x, (0, self._model.config.max_action_dim - x.shape[-1]))[:, None]  # (B, 1, D)
         delta = self._model.stream_velocity(self._cache, x, self._taus[k])[:, 0] / self._chunk_size  # (B, D)
         delta_action = delta[:, : self._action_dim]
-        self._accumulated = self._accumulated + delta_action
+        self._trajectory = self._trajectory + delta_action
+        streamed = torch.where(self._absolute, self._trajectory, delta_action)  # assumed executed until told
+        self._executed = self._executed + streamed
+        self._last = self._streamed = streamed
         self._index += 1
-        action = self._normalizer.unnormalize_action(delta_action)
+        action = self._normalizer.unnormalize_action(streamed)
         if not self._joint:
             return StreamStep(action, None, None, k)
         self._predicted = self._state_input + delta[:, self._action_dim : self._action_dim + self._state_dim]
@@ -251,6 +284,10 @@ class EpisodeStreamer:
     def cumulative_action(self) -> torch.Tensor | None:
         return None if self._stream is None else self._stream.cumulative_action
 
+    @property
+    def last_action(self) -> torch.Tensor | None:
+        return None if self._stream is None else self._stream.last_action
+
     def start_chunk(self, **inputs) -> ActionStream:
         return self.start_prepared(self.prepare(**inputs))
 
@@ -260,7 +297,8 @@ class EpisodeStreamer:
 
     def start_prepared(self, prepared: tuple) -> ActionStream:
         cache, state = prepared
-        self._stream = ActionStream(self._model, cache, state, self.cumulative_action, self._options)
+        self._stream = ActionStream(self._model, cache, state, self.cumulative_action, self._options,
+                                    self.last_action)
         return self._stream
 
 

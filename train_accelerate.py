@@ -18,16 +18,18 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
-from configuration_fasvla import OBJECTIVES
+from configuration_fasvla import OBJECTIVES, TRAJECTORY_ORIGINS
 from fasvla.data.lerobot_dataset import LeRobotDataset
 from fasvla.distributed import cpu_process_group_needed
 from fasvla.data.samples import TrainingCollator, TrajectorySamples, split_episodes
 from fasvla.data.stats import dataset_norm_stats
+from fasvla.state_response import DEFAULT_RIDGE, fit_state_response
 from fasvla.tiny import tiny_tokenizer
 from fasvla.training import (FREEZE_MODES, freeze, latest_checkpoint, load_processor, load_smolvlm_backbone,
                              lr_multiplier, make_optimizer, new_config, parameter_checksum)
@@ -59,6 +61,16 @@ def parse_args(argv=None):
     model.add_argument("--chunk_size", type=int, default=None, help="H of a new model (default: the preset's)")
     model.add_argument("--num_flow_queries", type=int, default=None, help="flow-time queries per prefix")
     model.add_argument("--freeze", choices=FREEZE_MODES, default="expert_only")
+    trajectory = p.add_argument_group("streaming trajectory of a new model (DESIGN.md section 3b; defaults: the "
+                                      "first version)")
+    trajectory.add_argument("--absolute_action_dims", type=int, nargs="*", default=[],
+                            help="action dimensions that are levels (LIBERO's gripper: 6)")
+    trajectory.add_argument("--trajectory_origin", choices=TRAJECTORY_ORIGINS, default="episode")
+    trajectory.add_argument("--center_state", action="store_true", help="states normalised as (s - mean) / std")
+    trajectory.add_argument("--feedback_kappa", type=float, default=0.0,
+                            help="kappa_fb of feedback-consistent stabilisation (G is fitted on the dataset)")
+    trajectory.add_argument("--kappa_a", type=float, default=None, help="decay of the action noise (default kappa)")
+    trajectory.add_argument("--feedback_ridge", type=float, default=DEFAULT_RIDGE, help="ridge of G's fit")
     optim = p.add_argument_group("optimisation (SmolVLA's presets)")
     optim.add_argument("--steps", type=int, default=30_000, help="optimizer steps")
     optim.add_argument("--batch_size", type=int, default=8, help="per process and per accumulation step")
@@ -121,6 +133,9 @@ def build_model(args, dataset: LeRobotDataset):
               "state_dim": dataset.features[args.state_key]["shape"][0],
               "action_dim": dataset.features[args.action_key]["shape"][0]}
     fields.update({k: getattr(args, k) for k in ("chunk_size", "num_flow_queries") if getattr(args, k)})
+    fields.update(absolute_action_dims=list(args.absolute_action_dims), trajectory_origin=args.trajectory_origin,
+                  center_state=args.center_state, feedback_kappa=args.feedback_kappa, kappa_a=args.kappa_a,
+                  feedback_matrix=placeholder_feedback_matrix(fields) if args.feedback_kappa > 0 else None)
     if "chunk_size" in fields:
         fields["n_action_steps"] = fields["chunk_size"]
     config = new_config(args.preset, args.vlm, **fields)
@@ -134,6 +149,23 @@ def build_model(args, dataset: LeRobotDataset):
     if args.vlm:
         load_smolvlm_backbone(model, args.vlm)
     return model, FasVLAProcessor.from_config(config, tokenizer), keys
+
+
+def placeholder_feedback_matrix(fields: dict) -> list[list[float]]:
+    """Zeros of G's shape, so that the config validates until `fit_feedback_matrix` replaces them."""
+    return [[0.0] * fields["state_dim"] for _ in range(fields["action_dim"])]
+
+
+def fit_feedback_matrix(model, dataset: LeRobotDataset, args) -> np.ndarray:
+    """G of feedback-consistent stabilisation: the ridge pseudo-inverse of the state's response to the actions,
+    fitted on the whole dataset in the model's normalised units (fasvla/state_response.py)."""
+    normalizer = model.normalizer
+    with torch.no_grad():
+        states = normalizer.normalize_state(torch.as_tensor(dataset.column(args.state_key), dtype=torch.float32))
+        actions = normalizer.normalize_action(torch.as_tensor(dataset.column(args.action_key), dtype=torch.float32))
+    response = fit_state_response(states.numpy(), actions.numpy(), [e.start for e in dataset.episodes],
+                                  args.feedback_ridge)
+    return response.G
 
 
 def resume(requested: str | None, checkpoint_dir: Path, accelerator) -> int:
@@ -202,6 +234,8 @@ def main(argv=None):
     dataset.check(camera_keys, args.state_key, args.action_key)  # fail now, not after an hour of training
     stats, computed = dataset_norm_stats(dataset, args.state_key, args.action_key)
     model.set_norm_stats(stats)
+    if model.config.feedback_kappa > 0:  # G in the units of these statistics
+        model.set_feedback_matrix(fit_feedback_matrix(model, dataset, args))
     train_loader, val_loader = make_loaders(args, dataset, model.config.chunk_size, processor, camera_keys)
 
     trainable = freeze(model, args.freeze)

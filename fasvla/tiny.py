@@ -124,7 +124,7 @@ def fake_observation(config: FasVLAConfig, batch_size: int = 1, seed: int = 0, i
 
 def fake_targets(config: FasVLAConfig, state: torch.Tensor, seed: int = 0, episode_end: int | None = None) -> dict:
     """Training targets consistent with `state`: actions, future states that follow them, pads after
-    `episode_end` steps (None: no padding) and a cumulative action. All robot units."""
+    `episode_end` steps (None: no padding), a cumulative action and the action before. All robot units."""
     generator = torch.Generator().manual_seed(seed)
     batch, chunk = state.shape[0], config.chunk_size
     actions = 0.3 * torch.randn(batch, chunk, config.action_dim, generator=generator)
@@ -138,4 +138,5 @@ def fake_targets(config: FasVLAConfig, state: torch.Tensor, seed: int = 0, episo
         "actions": actions, "action_is_pad": steps >= end, "future_states": future_states,
         "future_state_is_pad": steps >= end - 1,
         "cumulative_action": torch.randn(batch, config.action_dim, generator=generator),
+        "previous_action": 0.3 * torch.randn(batch, config.action_dim, generator=generator),
     }

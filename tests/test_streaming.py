@@ -39,7 +39,6 @@ def _offline(model, inputs, mode, measured, gain=1.0, cumulative=None):
     s_t = norm.normalize_state(inputs["state"])
     state_input, predicted, inputs_used = s_t, [s_t], []
     observed = [s_t] + [norm.normalize_state(m) if m is not None else None for m in measured]
-    residual = torch.zeros_like(s_t)
     out = []
     for k in range(config.n_action_steps):
         if k > 0:
@@ -47,9 +46,8 @@ def _offline(model, inputs, mode, measured, gain=1.0, cumulative=None):
                 state_input = predicted[k]
             elif mode == "synchronous":
                 state_input = observed[k] if observed[k] is not None else predicted[k]
-            else:
-                if observed[k - 1] is not None:
-                    residual = observed[k - 1] - inputs_used[k - 1]
+            else:  # the residual of the measurement one step older; none without one (revision 2)
+                residual = 0 if observed[k - 1] is None else observed[k - 1] - inputs_used[k - 1]
                 state_input = predicted[k] + gain * residual
         inputs_used.append(state_input)
         x = torch.nn.functional.pad(torch.cat([accumulated, state_input], -1), (0, config.max_action_dim - d_a - d_s))
@@ -146,7 +144,7 @@ def test_feedback_rules_on_plain_tensors():
     anticipatory = AnticipatoryFeedback(gain=2.0, like=predicted)
     assert torch.equal(anticipatory.state_input(predicted, observed), predicted)  # r_0 = 0
     assert torch.equal(anticipatory.state_input(predicted, None), predicted + 2.0 * (observed - predicted))
-    assert torch.equal(anticipatory.state_input(predicted, None), predicted + 2.0 * (observed - predicted))  # kept
+    assert torch.equal(anticipatory.state_input(predicted, None), predicted)  # used once: no stale residual
 
 
 @pytest.mark.parametrize("gain", [1.0, 0.5])

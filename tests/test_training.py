@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import numpy as np
 import torch
 from accelerate.state import AcceleratorState
 from transformers import AutoModel, AutoProcessor, SmolVLMConfig, SmolVLMForConditionalGeneration
@@ -246,3 +247,22 @@ def test_a_small_model_trains_from_scratch_with_a_tokenizer_of_the_datasets_task
     tasks = list(LeRobotDataset(dataset).tasks.values())
     for task in tasks:  # BPE merges learnt from the dataset's own tasks: fewer tokens than bytes
         assert len(processor.tokenizer(task)["input_ids"]) < len(task.encode()) / 2
+
+
+def test_a_new_model_takes_the_revision_2_trajectory_with_g_fitted_on_the_dataset(dataset, tmp_path):
+    from fasvla.state_response import fit_state_response
+
+    train("--dataset", dataset, "--output_dir", tmp_path, "--preset", "tiny", "--steps", 2, "--batch_size", 4,
+          "--absolute_action_dims", 6, "--trajectory_origin", "chunk", "--center_state", "--feedback_kappa", 2.0,
+          "--kappa_a", 1.0)
+    model = AutoModel.from_pretrained(tmp_path / "model", trust_remote_code=True)
+    config = model.config
+    assert (config.absolute_action_dims, config.trajectory_origin, config.center_state) == ([6], "chunk", True)
+    assert (config.feedback_kappa, config.kappa_a) == (2.0, 1.0)
+    data = LeRobotDataset(dataset)
+    with torch.no_grad():
+        states = model.normalizer.normalize_state(torch.as_tensor(data.column("observation.state"))).numpy()
+        actions = model.normalizer.normalize_action(torch.as_tensor(data.column("action"))).numpy()
+    expected = fit_state_response(states, actions, [e.start for e in data.episodes]).G
+    np.testing.assert_allclose(np.array(config.feedback_matrix), expected, rtol=1e-4, atol=1e-6)
+    assert abs(np.mean(states, axis=0)).max() < 1e-3  # centred with the dataset's own mean

@@ -10,6 +10,7 @@ FEEDBACK_MODES = ("open_loop", "synchronous", "anticipatory")
 ATTENTION_MODES = ("cross_attn", "self_attn")
 NORMALIZATIONS = ("mean_std", "scale")
 NORM_STAT_NAMES = ("mean", "std", "q01", "q99")
+TRAJECTORY_ORIGINS = ("episode", "chunk")
 
 # HuggingFaceTB/SmolVLM2-500M-Video-Instruct, written out so the full-size model builds offline.
 SMOLVLM2_500M = {
@@ -105,6 +106,30 @@ class FasVLAConfig(PreTrainedConfig):
         feedback_gain (`float`, defaults to 1.0):
             beta, the weight of the anticipatory residual, >= 0.
 
+    The streaming trajectory, revision 2 (DESIGN.md section 3b; every default is the first version's behaviour, so
+    that a config.json written without these fields means what it meant):
+        absolute_action_dims (`list[int]`, defaults to `[]`):
+            Action dimensions that are levels, not increments (LIBERO's gripper: `[6]`). Their trajectory coordinate
+            is the last command itself, `A_{k+1} = a_{t+k}` from `A_0 = a_{t-1}` (0 at an episode's first frame),
+            instead of the running sum; the stream emits `A_k + delta` for them.
+        trajectory_origin (`str`, defaults to `"episode"`):
+            Where the integrated action coordinates start at a chunk: `"episode"` (`A_0 = C_t`, the sum of the
+            episode's actions so far: StreamingVLA's convention and the reference release's) or `"chunk"` (`A_0 = 0`
+            at every chunk: nothing drifts across chunks, the state says where the robot is).
+        center_state (`bool`, defaults to `False`):
+            With `normalization="scale"`, normalise states as `(s - mean) / std` rather than `s / std` (a LIBERO
+            axis-angle dimension with mean 3.13 and std 0.013 otherwise enters the network at about 238).
+        feedback_kappa (`float`, defaults to 0.0):
+            kappa_fb of feedback-consistent stabilisation, >= 0: the action target carries the correction that
+            removes the stabilising state noise, `u_A = dxi_A - kappa_a n_A - kappa_fb G n_S`. 0 is the first
+            version (SFP's independent stabilisation), bit for bit. Needs `feedback_matrix`.
+        kappa_a (`float`, *optional*):
+            The decay rate of the action noise in the action target; defaults to `kappa`.
+        feedback_matrix (`list[list[float]]`, *optional*):
+            G (action_dim x state_dim, normalised units): the action increments that remove a state displacement, the
+            ridge pseudo-inverse of the state's response to the actions fitted on the training data
+            (fasvla/state_response.py; `train_accelerate.py` fits it).
+
     Normalisation (inputs and outputs are in robot units; the model works in normalised units):
         norm_stats (`dict`, *optional*):
             `{"state": {...}, "action": {...}}`, each with per-dimension lists `mean`, `std` and, for the streaming
@@ -151,6 +176,13 @@ class FasVLAConfig(PreTrainedConfig):
     feedback_mode: str = "anticipatory"
     feedback_gain: float = 1.0
 
+    absolute_action_dims: list[int] | None = None
+    trajectory_origin: str = "episode"
+    center_state: bool = False
+    feedback_kappa: float = 0.0
+    kappa_a: float | None = None
+    feedback_matrix: list[list[float]] | None = None
+
     norm_stats: dict | None = None
     normalization: str | None = None
     norm_eps: float = 1e-8
@@ -161,6 +193,10 @@ class FasVLAConfig(PreTrainedConfig):
             self.camera_names = ["observation.images.image", "observation.images.image2"]
         if self.normalization is None:
             self.normalization = "mean_std" if self.objective == "chunk" else "scale"
+        if self.absolute_action_dims is None:
+            self.absolute_action_dims = []
+        if self.kappa_a is None:
+            self.kappa_a = self.kappa
         self._validate()
 
     @property
@@ -195,13 +231,34 @@ class FasVLAConfig(PreTrainedConfig):
                      "n_action_steps", "num_steps", "num_flow_queries"):
             _check_int(name, getattr(self, name), minimum=1)
         _check_int("num_expert_layers", self.num_expert_layers, minimum=None)
-        for name in ("sigma0", "kappa", "action_loss_weight", "state_loss_weight", "feedback_gain", "norm_eps"):
+        for name in ("sigma0", "kappa", "action_loss_weight", "state_loss_weight", "feedback_gain", "norm_eps",
+                     "feedback_kappa", "kappa_a"):
             _check_number(name, getattr(self, name), minimum=0.0)
         for name in ("expert_width_multiplier", "rope_theta", "min_period", "max_period"):
             _check_number(name, getattr(self, name), minimum=0.0, strict=True)
         self._validate_relations()
         self._validate_cameras()
         self._validate_norm_stats()
+        self._validate_trajectory()
+
+    def _validate_trajectory(self):
+        _check_choice("trajectory_origin", self.trajectory_origin, TRAJECTORY_ORIGINS)
+        if not isinstance(self.center_state, bool):
+            _fail("center_state", "a bool", self.center_state)
+        dims = self.absolute_action_dims
+        if not isinstance(dims, (list, tuple)) or len(set(dims)) != len(dims) or not all(
+                isinstance(d, int) and not isinstance(d, bool) and 0 <= d < self.action_dim for d in dims):
+            _fail("absolute_action_dims", f"distinct action indices in [0, {self.action_dim})", dims)
+        if self.feedback_kappa > 0 and not self.uses_state_trajectory:
+            _fail("feedback_kappa", f"0 for objective '{self.objective}' (no state in its trajectory)",
+                  self.feedback_kappa)
+        if self.feedback_kappa > 0 and self.feedback_matrix is None:
+            _fail("feedback_matrix", "G, an action_dim x state_dim matrix, when feedback_kappa > 0", None)
+        matrix = self.feedback_matrix
+        if matrix is not None and (not isinstance(matrix, (list, tuple)) or len(matrix) != self.action_dim or any(
+                not isinstance(row, (list, tuple)) or len(row) != self.state_dim or
+                not all(isinstance(v, (int, float)) and math.isfinite(v) for v in row) for row in matrix)):
+            _fail("feedback_matrix", f"a {self.action_dim} x {self.state_dim} list of finite numbers", matrix)
 
     def _validate_relations(self):
         text_layers = self.text_config.num_hidden_layers

@@ -75,16 +75,30 @@ def euler_denoise(velocity, x_1: torch.Tensor, num_steps: int) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def trajectory_knots(
-    cumulative_action: torch.Tensor, actions: torch.Tensor, states: torch.Tensor | None, width: int
-) -> torch.Tensor:
-    """Knots `X_k = [A_k ; S_k ; 0]` for k = 0..H, with `A_k = C_t + sum_{i<k} a_{t+i}`.
+def trajectory_start(cumulative_action: torch.Tensor, previous_action: torch.Tensor, absolute: torch.Tensor,
+                     origin: str) -> torch.Tensor:
+    """A_0 (B, d_a): the integrated dimensions at the episode's running sum C_t (`origin="episode"`) or at 0
+    (`"chunk"`), the absolute ones at the last command a_{t-1}. absolute: (d_a,) bool."""
+    integrated = cumulative_action if origin == "episode" else torch.zeros_like(cumulative_action)
+    return torch.where(absolute, previous_action, integrated)
 
-    cumulative_action: (B, d_a) = C_t; actions: (B, H, d_a); states: (B, H + 1, d_s) = S_0..S_H or None for the
-    action-only `stream` objective. Returns (B, H + 1, width), zero-padded on the right.
+
+def trajectory_knots(
+    start: torch.Tensor, actions: torch.Tensor, states: torch.Tensor | None, width: int,
+    absolute: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Knots `X_k = [A_k ; S_k ; 0]` for k = 0..H: `A_k = A_0 + sum_{i<k} a_{t+i}` for the integrated action
+    dimensions, `A_k = a_{t+k-1}` (the command in force, `A_0` the one before the chunk) for the absolute ones.
+
+    start: (B, d_a) = A_0 (`trajectory_start`); actions: (B, H, d_a); states: (B, H + 1, d_s) = S_0..S_H or None for
+    the action-only `stream` objective; absolute: (d_a,) bool or None (every dimension integrated). Returns
+    (B, H + 1, width), zero-padded on the right.
     """
-    steps = torch.cat([cumulative_action[:, None], actions], dim=1)  # (B, H + 1, d_a)
-    parts = [steps.cumsum(dim=1)]
+    steps = torch.cat([start[:, None], actions], dim=1)  # (B, H + 1, d_a)
+    levels = steps.cumsum(dim=1)
+    if absolute is not None:
+        levels = torch.where(absolute, steps, levels)
+    parts = [levels]
     if states is not None:
         parts.append(states)
     knots = torch.cat(parts, dim=-1)
@@ -133,6 +147,29 @@ def stabilize(
     """
     n = sigma0 * torch.exp(-kappa * tau).unsqueeze(-1).to(xi.dtype) * eps
     return xi + n, dxi - kappa * n
+
+
+def feedback_stabilize(
+    xi: torch.Tensor, dxi: torch.Tensor, tau: torch.Tensor, eps: torch.Tensor, sigma0: float, kappa: float,
+    kappa_a: float, kappa_fb: float, G: torch.Tensor | None, action_dim: int, state_dim: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Feedback-consistent stabilisation (DESIGN.md section 3b): the noise of `stabilize`, with the action target
+
+        u_A = dxi_A - kappa_a n_A - kappa_fb G n_S,   u_S = dxi_S - kappa n_S:
+
+    a state displaced from the reference returns only through the actions, so the action target carries the
+    increments `G n_S` that remove the displacement, at rate kappa_fb. `kappa_a = kappa, kappa_fb = 0` is `stabilize`
+    bit for bit. G: (d_a, d_s); the state dimensions follow the action dimensions in the trajectory.
+    """
+    x, u = stabilize(xi, dxi, tau, eps, sigma0, kappa)
+    if kappa_a == kappa and kappa_fb == 0:
+        return x, u
+    n = sigma0 * torch.exp(-kappa * tau).unsqueeze(-1).to(xi.dtype) * eps  # as in stabilize
+    n_a, n_s = n[..., :action_dim], n[..., action_dim:action_dim + state_dim]
+    correction = (kappa - kappa_a) * n_a
+    if kappa_fb:
+        correction = correction - kappa_fb * n_s @ G.to(n.dtype).T  # (B, Q, d_a)
+    return x, u + torch.nn.functional.pad(correction, (0, u.shape[-1] - action_dim))
 
 
 def transition_mask(

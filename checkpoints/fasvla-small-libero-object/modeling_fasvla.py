@@ -45,9 +45,10 @@ try:
         sample_chunk_time,
         sample_stream_time,
         sinusoidal_time_embedding,
-        stabilize,
+        feedback_stabilize,
         stream_reference,
         trajectory_knots,
+        trajectory_start,
         transition_mask,
     )
     from .normalization_fasvla import Normalizer
@@ -63,9 +64,10 @@ except ImportError:
         sample_chunk_time,
         sample_stream_time,
         sinusoidal_time_embedding,
-        stabilize,
+        feedback_stabilize,
         stream_reference,
         trajectory_knots,
+        trajectory_start,
         transition_mask,
     )
     from normalization_fasvla import Normalizer
@@ -409,6 +411,30 @@ class FasVLAForActionPrediction(FasVLAPreTrainedModel):
             raise
         self.normalizer = Normalizer(self.config)
 
+    def set_feedback_matrix(self, G, feedback_kappa: float | None = None) -> None:
+        """G (action_dim x state_dim, normalised units; fasvla/state_response.py) for feedback-consistent
+        stabilisation, and optionally its rate kappa_fb."""
+        previous = (self.config.feedback_matrix, self.config.feedback_kappa)
+        self.config.feedback_matrix = None if G is None else [[float(v) for v in row] for row in G]
+        if feedback_kappa is not None:
+            self.config.feedback_kappa = feedback_kappa
+        try:
+            self.config._validate()
+        except ValueError:
+            self.config.feedback_matrix, self.config.feedback_kappa = previous
+            raise
+
+    def feedback_matrix(self, device) -> torch.Tensor | None:
+        """G as a (d_a, d_s) float32 tensor, None without one."""
+        matrix = self.config.feedback_matrix
+        return None if matrix is None else torch.tensor(matrix, dtype=torch.float32, device=device)
+
+    def absolute_action_mask(self, device) -> torch.Tensor:
+        """(d_a,) bool: True for the action dimensions that are levels (`config.absolute_action_dims`)."""
+        mask = torch.zeros(self.config.action_dim, dtype=torch.bool, device=device)
+        mask[list(self.config.absolute_action_dims)] = True
+        return mask
+
     def unused_parameter_names(self) -> set[str]:
         """Parameters kept so that SmolVLA checkpoints round-trip but never used to compute actions: the VLM's final
         norm, and of the last VLM layer an expert attends to, everything but the key/value path. Training freezes
@@ -493,6 +519,7 @@ class FasVLAForActionPrediction(FasVLAPreTrainedModel):
         future_states: torch.Tensor | None = None,
         future_state_is_pad: torch.Tensor | None = None,
         cumulative_action: torch.Tensor | None = None,
+        previous_action: torch.Tensor | None = None,
         image_masks: torch.Tensor | None = None,
         noise: torch.Tensor | None = None,
         time: torch.Tensor | None = None,
@@ -505,18 +532,21 @@ class FasVLAForActionPrediction(FasVLAPreTrainedModel):
             future_states: (B, H, d_s), s_{t+1}..s_{t+H} (`stream_joint` only); future_state_is_pad: (B, H).
             cumulative_action: (B, d_a), C_t = the sum of the episode's actions before t (streaming objectives:
                 required, since the trajectory starts there; zeros at an episode's first frame).
+            previous_action: (B, d_a), a_{t-1} (zeros at an episode's first frame): required when
+                `config.absolute_action_dims` is set, whose trajectory starts at the command in force.
             noise, time: fixed draws instead of random ones. Chunk: noise (B, H, D), time (B,). Streaming: noise
                 (B, Q, D) = eps, time (B, Q) = tau.
         """
         self._check_observation(pixel_values, input_ids, attention_mask, state, image_masks)
         self._check_training_targets(state, actions, action_is_pad, future_states, future_state_is_pad,
-                                     cumulative_action)
+                                     cumulative_action, previous_action)
         self._check_draws(state.shape[0], noise, time)
         cache = self.encode_prefix(pixel_values, input_ids, attention_mask, state, image_masks)
         objective_loss = self._chunk_loss if self.config.objective == "chunk" else self._stream_loss
         return objective_loss(
             cache, state=state, actions=actions, action_is_pad=action_is_pad, future_states=future_states,
-            future_state_is_pad=future_state_is_pad, cumulative_action=cumulative_action, noise=noise, time=time,
+            future_state_is_pad=future_state_is_pad, cumulative_action=cumulative_action,
+            previous_action=previous_action, noise=noise, time=time,
         )
 
     def _chunk_loss(self, cache, *, actions, action_is_pad, noise, time, **unused) -> FasVLAOutput:
@@ -534,25 +564,29 @@ class FasVLAForActionPrediction(FasVLAPreTrainedModel):
                             losses=losses, v_t=v_t, u_t=u_t)
 
     def _stream_loss(self, cache, *, state, actions, action_is_pad, future_states, future_state_is_pad,
-                     cumulative_action, noise, time) -> FasVLAOutput:
-        """Streaming flow along the knots `X_k = [A_k ; S_k]` (DESIGN.md section 3), Q queries per prefix."""
+                     cumulative_action, previous_action, noise, time) -> FasVLAOutput:
+        """Streaming flow along the knots `X_k = [A_k ; S_k]` (DESIGN.md sections 3, 3b), Q queries per prefix."""
         config = self.config
         batch = actions.shape[0]
         actions = self.normalizer.normalize_action(actions)  # (B, H, d_a)
-        start = torch.zeros_like(actions[:, 0])
-        if cumulative_action is not None:
-            start = self.normalizer.normalize_action(cumulative_action)
+        absolute = self.absolute_action_mask(actions.device)
+        previous = torch.zeros_like(actions[:, 0]) if previous_action is None else \
+            self.normalizer.normalize_action(previous_action)
+        start = trajectory_start(self.normalizer.normalize_action(cumulative_action), previous, absolute,
+                                 config.trajectory_origin)
         states = None
         if config.uses_state_trajectory:
             states = self.normalizer.normalize_state(torch.cat([state[:, None], future_states], dim=1))
-        knots = trajectory_knots(start, actions, states, config.max_action_dim)  # (B, H + 1, D)
+        knots = trajectory_knots(start, actions, states, config.max_action_dim, absolute)  # (B, H + 1, D)
 
         if time is None:
             time = sample_stream_time(batch, config.num_flow_queries, config.chunk_size, actions.device)
         tau = time.to(knots)
         xi, dxi, segment = stream_reference(knots, tau)
         eps = torch.randn_like(xi) if noise is None else noise.to(xi)
-        x, u = stabilize(xi, dxi, tau, eps, config.sigma0, config.kappa)
+        x, u = feedback_stabilize(xi, dxi, tau, eps, config.sigma0, config.kappa, config.kappa_a,
+                                  config.feedback_kappa, self.feedback_matrix(xi.device), config.action_dim,
+                                  config.state_dim)
         v = self.velocity(cache, x, tau)
         losses = (u - v) ** 2  # (B, Q, D)
 
@@ -595,7 +629,8 @@ class FasVLAForActionPrediction(FasVLAPreTrainedModel):
         return self.normalizer.unnormalize_action(x_0[..., : self.config.action_dim])
 
     def stream_actions(self, pixel_values, input_ids, attention_mask, state, feedback_mode=None, feedback_gain=None,
-                       cumulative_action=None, n_action_steps=None, image_masks=None) -> ActionStream:
+                       cumulative_action=None, n_action_steps=None, image_masks=None,
+                       previous_action=None) -> ActionStream:
         """Stream the actions of one chunk with state feedback (DESIGN.md section 5).
 
         Returns a generator: `next(stream)` gives step 0, `stream.send(measured_state)` (robot units, (B, d_s), the
@@ -606,17 +641,22 @@ class FasVLAForActionPrediction(FasVLAPreTrainedModel):
         Args:
             feedback_mode: "open_loop", "synchronous" or "anticipatory" (default: the config's).
             feedback_gain: beta of the anticipatory residual (default: the config's).
-            cumulative_action: (B, d_a) robot units, the sum of the actions executed so far in the episode.
+            cumulative_action: (B, d_a) robot units, the sum of the actions executed so far in the episode
+                (default 0: the episode's first chunk).
             n_action_steps: steps of this chunk, in [1, chunk_size] (default: the config's).
+            previous_action: (B, d_a) robot units, the last action executed (default 0), where the absolute action
+                dimensions start.
         """
         options = stream_options(self.config, feedback_mode, feedback_gain, n_action_steps)
         self._check_streaming_observation(pixel_values, input_ids, attention_mask, state, image_masks)
+        batch, width = state.shape[0], self.config.action_dim
         if cumulative_action is not None:
-            cumulative_action = as_batch("cumulative_action", cumulative_action, state.shape[0],
-                                         self.config.action_dim, state.device)
+            cumulative_action = as_batch("cumulative_action", cumulative_action, batch, width, state.device)
+        if previous_action is not None:
+            previous_action = as_batch("previous_action", previous_action, batch, width, state.device)
         with torch.no_grad():
             cache = self.encode_prefix(pixel_values, input_ids, attention_mask, state, image_masks)
-        return ActionStream(self, cache, state, cumulative_action, options)
+        return ActionStream(self, cache, state, cumulative_action, options, previous_action)
 
     def encode_observation(self, pixel_values, input_ids, attention_mask, state, image_masks=None) -> PrefixCache:
         """The prefix cache of a streaming observation, its inputs checked first."""
@@ -669,7 +709,7 @@ class FasVLAForActionPrediction(FasVLAPreTrainedModel):
             raise ValueError(f"state contains NaN or infinite values: {state}")
 
     def _check_training_targets(self, state, actions, action_is_pad, future_states, future_state_is_pad,
-                                cumulative_action):
+                                cumulative_action, previous_action):
         config, batch = self.config, state.shape[0]
         _check_shape("actions", actions, (batch, config.chunk_size, config.action_dim))
         for name, value in (("action_is_pad", action_is_pad), ("future_state_is_pad", future_state_is_pad)):
@@ -677,6 +717,8 @@ class FasVLAForActionPrediction(FasVLAPreTrainedModel):
                 _check_shape(name, value, (batch, config.chunk_size))
         if config.objective != "chunk" or cumulative_action is not None:
             _check_shape("cumulative_action", cumulative_action, (batch, config.action_dim))
+        if config.objective != "chunk" and config.absolute_action_dims or previous_action is not None:
+            _check_shape("previous_action", previous_action, (batch, config.action_dim))
         if config.uses_state_trajectory:
             _check_shape("future_states", future_states, (batch, config.chunk_size, config.state_dim))
 

@@ -5,10 +5,11 @@
 | `normalization` | state in / out scale     | action in / out scale                  | offset |
 |-----------------|--------------------------|----------------------------------------|--------|
 | `mean_std`      | std + eps / std          | std + eps / std                        | mean   |
-| `scale`         | std + eps / std + eps    | max(abs(q01), abs(q99)) + 1e-6 (both)  | 0      |
+| `scale`         | std + eps / std + eps    | max(abs(q01), abs(q99)) + 1e-6 (both)  | 0 (states: mean with `center_state`) |
 
 `mean_std` is SmolVLA's (LeRobot adds eps when normalising inputs and omits it when unnormalising outputs).
-`scale` has no offset, so it commutes with the cumulative sum of actions that the streaming objectives integrate.
+`scale` has no action offset, so it commutes with the cumulative sum of actions that the streaming objectives
+integrate; `center_state` (revision 2) centres the states, whose increments alone enter the streaming targets.
 """
 
 import torch
@@ -38,7 +39,9 @@ def normalization_tensors(config, key: str, dim: int) -> dict[str, torch.Tensor]
         scale = scale + QUANTILE_SCALE_EPS
     else:
         scale = std + config.norm_eps
-    return {"offset": _vector(None, dim, 0.0), "in_scale": scale, "out_scale": scale.clone()}
+    centred = key == "state" and getattr(config, "center_state", False)
+    offset = _vector(stats["mean"] if centred else None, dim, 0.0)
+    return {"offset": offset, "in_scale": scale, "out_scale": scale.clone()}
 
 
 class Normalizer:

@@ -63,13 +63,15 @@ class TrajectorySamples(torch.utils.data.Dataset):
             "future_states": self.states[np.minimum(state_rows, end - 1)],
             "future_state_is_pad": state_rows >= end,
             "cumulative_action": self.cumulative[t],
+            "previous_action": self.actions[t - 1] if t > self.starts[t] else np.zeros_like(self.actions[t]),
         }
 
 
 class TrainingCollator:
     """Batches samples through the model's processor (images, task, state) and stacks the targets."""
 
-    TARGETS = ("actions", "action_is_pad", "future_states", "future_state_is_pad", "cumulative_action")
+    TARGETS = ("actions", "action_is_pad", "future_states", "future_state_is_pad", "cumulative_action",
+               "previous_action")
 
     def __init__(self, processor):
         self.processor = processor
