@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 from fasvla.data.writer import EpisodeRecord, write_lerobot_dataset
 from fasvla.libero.env import CAMERAS, SUITE_MAX_STEPS
 from fasvla.libero.expert.demos import demo_features
+from fasvla.libero.expert.dart import Dart
 from fasvla.libero.expert.diversity import Diversity
 from fasvla.libero.expert.generation import (Attempt, DemoJob, GenerationOptions, TaskEnvironments, check_tasks,
                                              load_frames, make_jobs, run_job, summarize, summary_table,
@@ -81,6 +82,17 @@ def parse_args(argv=None):
                            metavar=("LOW", "HIGH"), help=help_text)
     style.add_argument("--grasp_yaw", type=float, default=default.grasp_yaw, help="max turn of top grasps (rad)")
     style.add_argument("--action_noise", type=float, default=default.action_noise, help="std on the 6 eef actions")
+    dart = p.add_argument_group("recovery demonstrations (DART): the expert's commands executed perturbed, the "
+                                "commands kept as labels (fasvla/libero/expert/dart.py); magnitudes drawn per "
+                                "demonstration")
+    dart.add_argument("--dart_noise", type=float, default=0.0, help="max std of noise on the executed eef actions")
+    dart.add_argument("--dart_push_probability", type=float, default=0.0, help="chance per step that a push starts")
+    dart.add_argument("--dart_push_force", type=float, default=0.0, help="newtons, the largest horizontal push")
+    dart.add_argument("--dart_push_steps", type=int, default=3)
+    dart.add_argument("--dart_delay", type=int, default=0, help="the longest actuation delay, steps")
+    dart.add_argument("--dart_from_slot", type=int, default=0,
+                      help="only demonstration slots >= this one are recovery demonstrations: a run with N plain "
+                           "slots first holds exactly the demonstrations of the plain run with N per task")
     args = p.parse_args(argv)
     if min(args.demos_per_task, args.attempts_per_demo, args.num_workers, args.resolution) < 1:
         p.error("--demos_per_task, --attempts_per_demo, --num_workers and --resolution must be >= 1")
@@ -94,6 +106,8 @@ def parse_args(argv=None):
             tuple(args.speed), tuple(args.approach_height), tuple(args.lift_height), tuple(args.carry_clearance),
             args.grasp_yaw, args.action_noise)
         check_tasks(args.task_suite_name, args.task_ids)
+        args.recovery = Dart(args.dart_noise, args.dart_push_probability, args.dart_push_force, args.dart_push_steps,
+                             args.dart_delay)
     except ValueError as error:
         p.error(str(error))
     return args
@@ -128,7 +142,7 @@ def write_dataset(root: Path, kept: list[Attempt], resolution: int, fps: int, co
     for a in sorted(kept, key=lambda a: (list(SUITE_MAX_STEPS).index(a.suite), a.task_id, a.demo_index)):
         metadata = {"suite": a.suite, "task_id": a.task_id, "init_state_id": a.init_state_id,
                     "demo_index": a.demo_index, "attempt": a.attempt, "placement_seed": a.placement_seed,
-                    "success_step": a.success_step, **a.style}
+                    "success_step": a.success_step, **a.style, **(a.injected or {})}
         records.append(EpisodeRecord(task_goal(a.suite, a.task_id)[0], load_frames(a.frames_dir, list(features)),
                                      metadata))
     return write_lerobot_dataset(root, records, features, fps, codec=codec, robot_type="panda",
@@ -142,7 +156,8 @@ def main(argv=None) -> dict:
         raise SystemExit(f"--output_dir {str(output)!r} is not empty; choose another")
     output.mkdir(parents=True, exist_ok=True)
     options = GenerationOptions(args.diversity, args.seed, args.resolution, args.attempts_per_demo,
-                                not args.record_after_success, output / "staging")
+                                not args.record_after_success, output / "staging", args.recovery,
+                                args.dart_from_slot)
     jobs = make_jobs(args.task_suite_name, args.task_ids, args.demos_per_task, args.init_states)
     attempts, started = [], time.perf_counter()
     progress = tqdm(total=len(jobs), desc="demonstrations")
@@ -161,9 +176,10 @@ def main(argv=None) -> dict:
         write_dataset(output / "dataset", kept, args.resolution, args.fps, args.codec)
         shutil.rmtree(output / "staging")
     summary = summarize(attempts, args.demos_per_task)
-    summary["run"] = {key: value for key, value in vars(args).items() if key != "diversity"} | {
-        "diversity": asdict(args.diversity), "cameras": list(CAMERAS), "wall_s": time.perf_counter() - started,
-        "dataset": str(output / "dataset") if kept else None}
+    options_run = {key: value for key, value in vars(args).items() if key not in ("diversity", "recovery")}
+    summary["run"] = options_run | {
+        "diversity": asdict(args.diversity), "recovery": asdict(args.recovery), "cameras": list(CAMERAS),
+        "wall_s": time.perf_counter() - started, "dataset": str(output / "dataset") if kept else None}
     (output / "summary.json").write_text(json.dumps(summary, indent=2))
     print(f"{summary_table(summary)}\n{summary['run']['wall_s']:.0f} s of wall time; {output / 'summary.json'}")
     return summary

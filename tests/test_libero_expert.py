@@ -444,3 +444,71 @@ def test_a_random_reset_is_a_new_seeded_placement_not_a_fixed_init_state(plannin
     assert np.abs(fixed - first[1:]).max(axis=1).min() > 1e-3
     with pytest.raises(ValueError, match="needs a placement_seed"):
         planning_env.env.reset(None)
+
+
+# --- recovery demonstrations ----------------------------------------------------------------------------------
+
+
+def test_recovery_perturbations_lag_noise_and_push_the_executed_actions_reproducibly():
+    from fasvla.libero.env import WAIT_ACTION
+    from fasvla.libero.expert.dart import Dart
+
+    options = Dart(noise=0.2, push_probability=0.3, push_force=50.0, push_steps=2, delay=3)
+    episodes = [options.episode(np.random.default_rng(seed)) for seed in (5, 5)]
+    commands = [np.full(7, 0.1 * (k + 1)) for k in range(12)]
+    runs = [[(e.executed(c.copy()), e.force_at(k)) for k, c in enumerate(commands)] for e in episodes]
+    for (a, fa), (b, fb) in zip(*runs):  # the same stream, the same perturbations
+        assert np.array_equal(a, b) and np.array_equal(fa, fb)
+    episode, run = episodes[0], runs[0]
+    d = episode.delay
+    assert 0 <= d <= 3 and 0 <= episode.noise <= 0.2
+    for k, (executed, _) in enumerate(run):
+        expected = WAIT_ACTION if k < d else commands[k - d]
+        assert executed[6] == np.clip(expected[6], -1, 1)  # the gripper is lagged but never noised
+        assert np.abs(executed[:6] - np.clip(expected[:6], -1, 1)).max() <= 6 * episode.noise + 1e-12
+    pushed = [k for k, (_, force) in enumerate(run) if force.any()]
+    in_window = sum(min(p["steps"], len(commands) - p["step"]) for p in episode.pushes)  # a push near the end is cut
+    assert len(pushed) == in_window and episode.injected["dart_pushes"] == len(episode.pushes) > 0
+    for push in episode.pushes:
+        force = np.array(push["force"])
+        assert 25.0 - 1e-3 <= np.linalg.norm(force) <= 50.0 + 1e-3 and force[2] == 0  # horizontal, [0.5, 1] F
+    assert not Dart().active and Dart(delay=1).active
+    with pytest.raises(ValueError, match="push_probability must be in"):
+        Dart(push_probability=1.5)
+
+
+@pytest.mark.slow
+def test_a_recovery_demonstration_labels_the_commands_while_the_states_follow_the_perturbed_execution(
+        planning_env):
+    from fasvla.libero.expert.dart import Dart
+    from fasvla.libero.expert.demos import plan_episode
+
+    rng = episode_rng(0, 0, 0, 0, 0)
+    recovery = Dart(noise=0.2, push_probability=0.02, push_force=40.0).episode(episode_rng(0, 0, 0, 0, 0, stream=1))
+    plan = plan_episode(planning_env, None, Diversity.none().sample(rng), rng, 280, recovery=recovery)
+    assert plan.success_step is not None and plan.injected["dart_noise"] == recovery.noise
+    perturbed = np.stack([o.state for o in planning_env.observations])
+    planning_env.reset(None, plan.placement_seed)  # the same scene, the labels executed as they are
+    for action in plan.actions:
+        planning_env.step(action)
+    replayed = np.stack([o.state for o in planning_env.observations])
+    assert np.abs(replayed - perturbed).max() > 0.01  # metres: the labels are not what moved the robot
+
+
+@pytest.mark.slow
+def test_plain_slots_before_the_recovery_slots_are_the_plain_runs_demonstrations(tmp_path):
+    from fasvla.data.lerobot_dataset import LeRobotDataset
+
+    common = ["--task_suite_name", "libero_object", "--task_ids", "0", "--resolution", "32", "--seed", "4"]
+    generate_libero_demos.main(common + ["--demos_per_task", "1", "--output_dir", str(tmp_path / "plain")])
+    generate_libero_demos.main(common + ["--demos_per_task", "2", "--dart_from_slot", "1", "--dart_noise", "0.3",
+                                         "--output_dir", str(tmp_path / "mixed")])
+    read = lambda name: [json.loads(line) for line in (tmp_path / name / "attempts.jsonl").open()]  # noqa: E731
+    plain, mixed = read("plain"), read("mixed")
+    first = next(a for a in mixed if a["demo_index"] == 0 and a["kept"])
+    assert {k: first[k] for k in ("placement_seed", "style", "success_step")} == \
+        {k: plain[-1][k] for k in ("placement_seed", "style", "success_step")} and first["injected"] is None
+    assert next(a for a in mixed if a["demo_index"] == 1)["injected"]["dart_noise"] > 0
+    a, b = LeRobotDataset(tmp_path / "plain/dataset"), LeRobotDataset(tmp_path / "mixed/dataset")
+    length = a.episodes[0].length
+    np.testing.assert_array_equal(a.column("action"), b.column("action")[:length])

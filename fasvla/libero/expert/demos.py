@@ -13,12 +13,14 @@ hold: each plan draws a placement seed and keeps it, so an episode can be rebuil
 observation the expert acted on and the action it sent (LIBERO's convention: gripper -1 open, +1 close).
 """
 
+import functools
 import time
 from dataclasses import dataclass
 
 import numpy as np
 
 from fasvla.libero.env import CAMERAS, LiberoEnv, Observation
+from fasvla.libero.expert.dart import DartEpisode
 from fasvla.libero.expert.diversity import Style
 from fasvla.libero.expert.expert import solve
 from fasvla.libero.expert.motions import Arm, EpisodeEnded
@@ -46,8 +48,8 @@ class DemoEnv:
         self.observations = [self.env.reset(init_state_id, placement_seed)]
         return Scene(self.env.env.env)
 
-    def step(self, action: np.ndarray) -> bool:
-        observation, success = self.env.step(action)
+    def step(self, action: np.ndarray, push_force: np.ndarray | None = None) -> bool:
+        observation, success = self.env.step(action, push_force=push_force)
         self.observations.append(observation)
         return success
 
@@ -59,24 +61,34 @@ class DemoEnv:
 class Plan:
     init_state_id: int | None  # None: a random reset
     placement_seed: int  # numpy's global seed before the hard reset: the fixtures' placement
-    actions: np.ndarray  # (T, 7) float64, as sent
+    actions: np.ndarray  # (T, 7) float64, the expert's commands (the labels)
     success_step: int | None  # actions after which the task first succeeded
     seconds: float
+    injected: dict | None = None  # recovery demonstrations: the perturbations executed (DartEpisode.injected)
 
 
 def plan_episode(env: DemoEnv, init_state_id: int | None, style: Style, rng: np.random.Generator, max_steps: int,
-                 stop_at_success: bool = True) -> Plan:
+                 stop_at_success: bool = True, recovery: DartEpisode | None = None) -> Plan:
     """Run the expert once from `init_state_id` (None: a random reset, seeded by the plan's placement seed); with
-    `stop_at_success` the plan ends at the first success."""
+    `stop_at_success` the plan ends at the first success. With `recovery` its commands are executed perturbed
+    (fasvla/libero/expert/dart.py) while the plan keeps them as the labels."""
     started = time.perf_counter()
     placement_seed = int(rng.integers(2**31))
-    arm = Arm(env.step, env.reset(init_state_id, placement_seed), style, rng, max_steps, stop_at_success)
+    step = env.step if recovery is None else functools.partial(perturbed_step, env, recovery)
+    arm = Arm(step, env.reset(init_state_id, placement_seed), style, rng, max_steps, stop_at_success)
     try:
         solve(arm)
     except EpisodeEnded:
         pass
     actions = np.array(arm.actions).reshape(-1, 7)
-    return Plan(init_state_id, placement_seed, actions, arm.success_step, time.perf_counter() - started)
+    return Plan(init_state_id, placement_seed, actions, arm.success_step, time.perf_counter() - started,
+                None if recovery is None else recovery.injected)
+
+
+def perturbed_step(env: DemoEnv, recovery: DartEpisode, action: np.ndarray) -> bool:
+    """The simulator executes the perturbed command, pushed during the step if a push is on."""
+    step = len(env.observations) - 1  # actions executed so far
+    return env.step(recovery.executed(action), push_force=recovery.force_at(step))
 
 
 @dataclass

@@ -72,7 +72,10 @@ class Diversity:
                      grasp_yaw=draw((-self.grasp_yaw, self.grasp_yaw)), action_noise=self.action_noise)
 
 
-def episode_rng(seed: int, suite_index: int, task_id: int, demo_index: int, attempt: int) -> np.random.Generator:
-    """The random stream of one attempt (its style, noise and fixture placement), a function of its identity only:
-    the same demonstrations whatever the number of workers or the order they run in."""
-    return np.random.default_rng(np.random.SeedSequence([seed, suite_index, task_id, demo_index, attempt]))
+def episode_rng(seed: int, suite_index: int, task_id: int, demo_index: int, attempt: int,
+                stream: int = 0) -> np.random.Generator:
+    """The random stream of one attempt (its style, noise and fixture placement; `stream` 1: its recovery
+    perturbations, fasvla/libero/expert/dart.py), a function of its identity only: the same demonstrations whatever
+    the number of workers or the order they run in."""
+    entropy = [seed, suite_index, task_id, demo_index, attempt] + ([stream] if stream else [])
+    return np.random.default_rng(np.random.SeedSequence(entropy))

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from fasvla.libero.env import SUITE_MAX_STEPS, libero_task
+from fasvla.libero.expert.dart import Dart
 from fasvla.libero.expert.demos import DemoEnv, plan_episode, render_plan
 from fasvla.libero.expert.diversity import Diversity, episode_rng
 from fasvla.libero.expert.plans import check_supported
@@ -37,6 +38,8 @@ class GenerationOptions:
     attempts_per_demo: int
     stop_at_success: bool
     staging: Path
+    recovery: Dart = Dart()  # perturbations of the executed actions (inactive: plain demonstrations)
+    recovery_from_slot: int = 0  # slots before it are plain demonstrations
 
 
 @dataclass
@@ -57,6 +60,7 @@ class Attempt:
     kept: bool = False
     frames_dir: str | None = None
     style: dict | None = None
+    injected: dict | None = None  # recovery demonstrations: the perturbations executed
 
 
 @functools.cache
@@ -116,11 +120,15 @@ def run_job(job: DemoJob, options: GenerationOptions, envs: TaskEnvironments) ->
     for number in range(options.attempts_per_demo):
         rng = episode_rng(options.seed, suite_index, job.task_id, job.demo_index, number)
         style = options.diversity.sample(rng)
+        recovery = None
+        if options.recovery.active and job.demo_index >= options.recovery_from_slot:
+            recovery = options.recovery.episode(episode_rng(options.seed, suite_index, job.task_id, job.demo_index,
+                                                            number, stream=1))
         plan = plan_episode(env, job.init_state_id, style, rng, SUITE_MAX_STEPS[job.suite],
-                            options.stop_at_success)
+                            options.stop_at_success, recovery)
         attempt = Attempt(job.suite, job.task_id, job.demo_index, job.init_state_id, number,
                           plan.success_step is not None, plan.success_step, len(plan.actions), plan.seconds,
-                          plan.placement_seed, style=asdict(style))
+                          plan.placement_seed, style=asdict(style), injected=plan.injected)
         attempts.append(attempt)
         if plan.success_step is None:
             continue
