@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# The feedback experiment of results/feedback_v2/PLAN.md (issue 16), stage by stage; every stage is skipped when its
+# output exists and resumes where it stopped otherwise, so the experiment spans sessions:
+#
+#   scripts/feedback_experiment.sh demos        # the plain and the recovery demonstrations (about 45 min, 2 cores)
+#   scripts/feedback_experiment.sh train        # the six models, two at a time on one core each (about 3 h)
+#   scripts/feedback_experiment.sh diagnose     # the corrective gain of the four FAS-VLA models
+#
+# Outputs under $OUT (default outputs/feedback_v2). The evaluation stage follows once the models exist.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-.venv/bin/python}
+OUT=${OUT:-outputs/feedback_v2}
+export HF_HUB_OFFLINE=1 MUJOCO_GL=${MUJOCO_GL:-egl}
+
+DEMOS=(--task_suite_name libero_object --task_ids 0 1 2 3 4 --resolution 128 --num_workers 2 --seed 0)
+RECOVERY=(--dart_from_slot 20 --dart_noise 0.3 --dart_delay 2 --dart_push_probability 0.01 --dart_push_force 60
+          --dart_push_steps 4)
+CONDITIONING=(--center_state --absolute_action_dims 6 --trajectory_origin chunk)
+STABILISED=("${CONDITIONING[@]}" --feedback_kappa 4 --kappa_a 4)
+# model name -> dataset and objective options
+declare -A MODEL_DATA=([chunk]=demos [chunk_recovery]=demos_recovery [fas_v1]=demos [fas_conditioning]=demos
+                       [fas_stabilised]=demos [fas_recovery]=demos_recovery)
+declare -A MODEL_OPTIONS=([chunk]="--objective chunk" [chunk_recovery]="--objective chunk"
+                          [fas_v1]="--objective stream_joint"
+                          [fas_conditioning]="--objective stream_joint ${CONDITIONING[*]}"
+                          [fas_stabilised]="--objective stream_joint ${STABILISED[*]}"
+                          [fas_recovery]="--objective stream_joint ${STABILISED[*]}")
+
+wait_all() {  # every background job, failing if any failed
+  local status=0
+  for pid in $(jobs -p); do wait "$pid" || status=1; done
+  return $status
+}
+
+demos() {
+  local name=$1
+  shift
+  if [ ! -f "$OUT/$name/dataset/meta/info.json" ]; then
+    rm -rf "$OUT/$name"
+    "$PYTHON" generate_libero_demos.py "${DEMOS[@]}" "$@" --output_dir "$OUT/$name"
+  fi
+}
+
+train_one() {  # train_one NAME CORE
+  local name=$1 core=$2
+  if [ -f "$OUT/runs/$name/model/config.json" ]; then return; fi
+  # shellcheck disable=SC2086  # the options are words
+  OMP_NUM_THREADS=1 taskset -c "$core" "$PYTHON" train_accelerate.py --dataset "$OUT/${MODEL_DATA[$name]}/dataset" \
+    --preset small --freeze full ${MODEL_OPTIONS[$name]} --output_dir "$OUT/runs/$name" --steps 6000 \
+    --batch_size 32 --lr 3e-4 --warmup_steps 300 --checkpoint_every 250 --eval_every 500 --log_every 50 \
+    --num_workers 0 --report_to none --seed 0 --resume_from_checkpoint latest > "$OUT/runs/$name.log" 2>&1
+}
+
+case "${1:-}" in
+  demos)
+    demos demos --demos_per_task 20
+    demos demos_recovery --demos_per_task 40 "${RECOVERY[@]}"
+    ;;
+  train)
+    mkdir -p "$OUT/runs"
+    for pair in "chunk fas_v1" "fas_conditioning fas_stabilised" "chunk_recovery fas_recovery"; do
+      read -r first second <<< "$pair"
+      train_one "$first" 0 &
+      train_one "$second" 1 &
+      wait_all
+    done
+    ;;
+  diagnose)
+    for name in fas_v1 fas_conditioning fas_stabilised fas_recovery; do
+      "$PYTHON" benchmarks/feedback_sensitivity.py --model "$OUT/runs/$name/model" \
+        --dataset "$OUT/${MODEL_DATA[$name]}/dataset" --frames 256 --output "$OUT/sensitivity_$name.json"
+    done
+    ;;
+  *)
+    echo "usage: $0 demos|train|diagnose" >&2
+    exit 2
+    ;;
+esac
