@@ -10,6 +10,7 @@
     plans        pure: BDDL goal -> skill steps
     expert       `solve`: a plan run skill by skill
     diversity    per-demonstration motion styles, seeded
+    dart         recovery demonstrations: the commands executed perturbed, kept as labels
     demos        plan without rendering, render the kept plans
     generation   demonstration jobs, staging, summary (used by generate_libero_demos.py)
 
