@@ -1,10 +1,12 @@
-"""Does state feedback help, when, and at what cost: a streaming FAS-VLA against its chunk baseline on LIBERO.
+"""Does state feedback help, when, and at what cost: streaming FAS-VLAs against chunk baselines on LIBERO.
 
     python compare_libero.py --stream_model runs/stream --chunk_model runs/chunk \
         --task_suite_name libero_object --task_ids 0 1 2 --first_trial 40 --num_trials_per_task 10
+    python compare_libero.py --stream_model v1=runs/fas_v1 fixed=runs/fas_fixed --chunk_model chunk=runs/chunk ...
 
-Policies: the chunk model (SmolVLA's execution: plan H actions, execute `n_action_steps` of them open loop) and the
-streaming model with open-loop, synchronous and anticipatory feedback. Perturbations: none, delayed actions, an
+Policies: each chunk model (SmolVLA's execution: plan H actions, execute `n_action_steps` of them open loop) and each
+streaming model with open-loop, synchronous and anticipatory feedback (models are named `NAME=MODEL`; unnamed, a
+streaming model is "stream" and a chunk model "chunk"). Perturbations: none, delayed actions, an
 external push, action noise. Every (perturbation, policy) condition is an `eval_libero.py` run over the same tasks
 and trials (`--first_trial` picks init states not trained on) in `<output_dir>/<perturbation>/<policy>/`; a rerun
 resumes what was interrupted. Writes `comparison.md`, `comparison.json` and `comparison.png`: success rates with
@@ -17,17 +19,20 @@ import time
 from pathlib import Path
 
 import eval_libero
-from fasvla.libero.comparison import (POLICIES, comparison_figure, comparison_table, condition_arguments,
-                                      condition_folder, episode_seconds, outcomes_of, paired_differences,
-                                      paired_table, perturbations, read_condition)
+from fasvla.libero.comparison import (comparison_figure, comparison_table, condition_arguments, condition_folder,
+                                      episode_seconds, make_policies, outcomes_of, paired_differences, paired_table,
+                                      perturbations, read_condition)
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--stream_model", required=True, help="streaming FAS-VLA folder or Hub id")
-    p.add_argument("--chunk_model", required=True, help="chunk-objective baseline folder or Hub id")
-    p.add_argument("--policies", nargs="+", default=[policy.name for policy in POLICIES],
-                   choices=[policy.name for policy in POLICIES])
+    p.add_argument("--stream_model", nargs="+", default=[], metavar="[NAME=]MODEL",
+                   help="streaming FAS-VLA folders or Hub ids, each optionally named (default name: stream)")
+    p.add_argument("--chunk_model", nargs="+", default=[], metavar="[NAME=]MODEL",
+                   help="chunk-objective baselines, each optionally named (default name: chunk)")
+    p.add_argument("--policies", nargs="+", default=None,
+                   help="the policies to run (default: every one): a chunk model's name, or a streaming model's "
+                        "name and a feedback mode, e.g. 'stream anticipatory'")
     p.add_argument("--perturbations", nargs="+", default=["nominal", "action delay", "push", "action noise"],
                    choices=["nominal", "action delay", "push", "action noise"])
     p.add_argument("--action_delay", type=int, default=2, help="steps the executed actions lag")
@@ -40,14 +45,36 @@ def parse_args(argv=None):
         if forbidden in common:
             p.error(f"{forbidden} is set per condition; give the comparison's own options instead")
     args.common = common
+    try:
+        args.models = named_models(args.stream_model, "stream") | named_models(args.chunk_model, "chunk")
+    except ValueError as error:
+        p.error(str(error))
+    policies = make_policies(list(named_models(args.stream_model, "stream")),
+                             list(named_models(args.chunk_model, "chunk")))
+    if not policies:
+        p.error("give at least one --stream_model or --chunk_model")
+    unknown = sorted(set(args.policies or []) - {policy.name for policy in policies})
+    if unknown:
+        p.error(f"--policies {unknown} are not among {[policy.name for policy in policies]}")
+    args.chosen = [policy for policy in policies if args.policies is None or policy.name in args.policies]
     return args
+
+
+def named_models(values: list[str], default: str) -> dict[str, str]:
+    """["a=dir", "dir2"] -> {"a": "dir", default: "dir2"}, refusing a name given twice."""
+    models = {}
+    for value in values:
+        name, _, folder = value.rpartition("=") if "=" in value else (default, "", value)
+        if name in models:
+            raise ValueError(f"model name {name!r} is given twice: name the models, NAME=MODEL")
+        models[name] = folder
+    return models
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
     root = Path(args.output_dir)
-    models = {"stream": args.stream_model, "chunk": args.chunk_model}
-    chosen = [policy for policy in POLICIES if policy.name in args.policies]
+    models, chosen = args.models, args.chosen
     arguments = perturbations(args.action_delay, tuple(args.push), args.action_noise)
     summaries, outcomes, started, inside = {}, {}, time.perf_counter(), 0.0
     for perturbation in args.perturbations:

@@ -1,6 +1,7 @@
 """The LIBERO evaluation's pure parts, without a simulator: conversions, perturbations, recordings, summaries."""
 
 import json
+import re
 from dataclasses import asdict
 import math
 
@@ -298,3 +299,34 @@ def test_paired_differences_count_only_the_episodes_both_policies_ran():
         (["stream anticipatory", "stream open loop"], "nominal"), (["stream anticipatory", "stream open loop"], "push")]
     table = paired_table(differences, ["nominal", "push"])
     assert "| stream anticipatory - stream open loop | not run | +25 (2/1, p=1.00) |" in table
+
+
+def test_named_models_give_every_policy_and_the_pairs_of_each_model():
+    import compare_libero
+    from fasvla.libero.comparison import policy_pairs
+
+    args = compare_libero.parse_args(["--stream_model", "v1=runs/a", "fixed=runs/b", "--chunk_model", "runs/c",
+                                      "--task_ids", "0"])
+    assert args.models == {"v1": "runs/a", "fixed": "runs/b", "chunk": "runs/c"} and args.common == ["--task_ids", "0"]
+    names = [policy.name for policy in args.chosen]
+    assert names == ["chunk", "v1 open loop", "v1 synchronous", "v1 anticipatory", "fixed open loop",
+                     "fixed synchronous", "fixed anticipatory"]
+    pairs = policy_pairs(args.chosen)
+    assert ("fixed anticipatory", "fixed open loop") in pairs and ("v1 anticipatory", "chunk") in pairs
+    assert not any(a.split()[0] != b.split()[0] and b != "chunk" for a, b in pairs)  # never v1 against fixed
+    chosen = compare_libero.parse_args(["--stream_model", "x", "--chunk_model", "y", "--policies",
+                                        "stream anticipatory"]).chosen
+    assert [(p.name, p.model, p.feedback_mode) for p in chosen] == [("stream anticipatory", "stream", "anticipatory")]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--stream_model", "a=x", "a=y"], "given twice"),
+    (["--stream_model", "x", "--policies", "chunk"], r"--policies \['chunk'\] are not among"),
+    ([], "at least one --stream_model or --chunk_model"),
+])
+def test_bad_comparisons_are_refused(argv, message, capsys):
+    import compare_libero
+
+    with pytest.raises(SystemExit):
+        compare_libero.parse_args(argv)
+    assert re.search(message, capsys.readouterr().err)

@@ -1,6 +1,6 @@
 """Policies x perturbations on the same LIBERO episodes: the conditions, their `eval_libero.py` runs and the table.
 
-A condition is a policy (the chunk baseline, or the streaming model with one feedback mode) under one perturbation.
+A condition is a policy (a chunk baseline, or a streaming model with one feedback mode) under one perturbation.
 Every condition runs the same tasks and trials (so the same init states and episode seeds), each in its own
 folder, so that an interrupted comparison resumes where it stopped.
 """
@@ -16,17 +16,35 @@ from fasvla.libero.evaluation import percent_with_interval
 @dataclass(frozen=True)
 class Policy:
     name: str
-    model: str  # "stream" or "chunk": which of the compared models
+    model: str  # the name of the compared model it runs
     feedback_mode: str | None  # streaming only
 
 
-POLICIES = [Policy("chunk", "chunk", None), Policy("stream open loop", "stream", "open_loop"),
-            Policy("stream synchronous", "stream", "synchronous"),
-            Policy("stream anticipatory", "stream", "anticipatory")]
-# (policy, reference) pairs compared episode by episode: what feedback adds to the same model, and the method against
-# the chunk baseline
-PAIRS = [("stream anticipatory", "stream open loop"), ("stream synchronous", "stream open loop"),
-         ("stream anticipatory", "stream synchronous"), ("stream anticipatory", "chunk")]
+FEEDBACK_LABELS = {"open_loop": "open loop", "synchronous": "synchronous", "anticipatory": "anticipatory"}
+
+
+def make_policies(stream_models: list[str], chunk_models: list[str]) -> list[Policy]:
+    """Each chunk model as it is, each streaming model in every feedback mode ("<model> open loop", ...)."""
+    return [Policy(name, name, None) for name in chunk_models] + [
+        Policy(f"{name} {label}", name, mode) for name in stream_models for mode, label in FEEDBACK_LABELS.items()]
+
+
+POLICIES = make_policies(["stream"], ["chunk"])  # one streaming model against one chunk baseline
+
+
+def policy_pairs(policies: list[Policy]) -> list[tuple[str, str]]:
+    """(policy, reference) pairs compared episode by episode: what feedback adds to the same model (anticipatory and
+    synchronous against open loop, anticipatory against synchronous), and each model's anticipatory mode against
+    every chunk baseline."""
+    names = {policy.name for policy in policies}
+    streams = list(dict.fromkeys(p.model for p in policies if p.feedback_mode))
+    chunks = [p.name for p in policies if not p.feedback_mode]
+    pairs = []
+    for model in streams:
+        pairs += [(f"{model} anticipatory", f"{model} open loop"), (f"{model} synchronous", f"{model} open loop"),
+                  (f"{model} anticipatory", f"{model} synchronous")]
+        pairs += [(f"{model} anticipatory", chunk) for chunk in chunks]
+    return [(a, b) for a, b in pairs if a in names and b in names]
 
 
 def perturbations(action_delay: int, push: tuple[int, float, float, float, int], action_noise: float) -> dict:
@@ -89,11 +107,10 @@ def paired_difference(outcomes: dict, reference: dict) -> dict | None:
 
 def paired_differences(outcomes: dict[tuple[str, str], dict], policies: list[Policy],
                        perturbations: list[str]) -> list[dict]:
-    """`paired_difference` of each pair of PAIRS whose policies both ran, per perturbation."""
-    names = {policy.name for policy in policies}
+    """`paired_difference` of each pair of `policy_pairs`, per perturbation."""
     return [{"pair": [a, b], "perturbation": p,
              "paired": paired_difference(outcomes.get((p, a), {}), outcomes.get((p, b), {}))}
-            for a, b in PAIRS if a in names and b in names for p in perturbations]
+            for a, b in policy_pairs(policies) for p in perturbations]
 
 
 def paired_table(differences: list[dict], perturbations: list[str]) -> str:
