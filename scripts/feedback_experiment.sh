@@ -5,8 +5,9 @@
 #   scripts/feedback_experiment.sh demos        # the plain and the recovery demonstrations (about 45 min, 2 cores)
 #   scripts/feedback_experiment.sh train        # the six models, two at a time on one core each (about 3 h)
 #   scripts/feedback_experiment.sh diagnose     # the corrective gain of the four FAS-VLA models
+#   scripts/feedback_experiment.sh evaluate     # every model, mode and perturbation on the same 50 episodes (~2.5 h)
 #
-# Outputs under $OUT (default outputs/feedback_v2). The evaluation stage follows once the models exist.
+# Outputs under $OUT (default outputs/feedback_v2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-.venv/bin/python}
@@ -72,8 +73,25 @@ case "${1:-}" in
         --dataset "$OUT/${MODEL_DATA[$name]}/dataset" --frames 256 --output "$OUT/sensitivity_$name.json"
     done
     ;;
+  evaluate)
+    models=(--stream_model fas_v1="$OUT/runs/fas_v1/model" fas_conditioning="$OUT/runs/fas_conditioning/model"
+            fas_stabilised="$OUT/runs/fas_stabilised/model" fas_recovery="$OUT/runs/fas_recovery/model"
+            --chunk_model chunk="$OUT/runs/chunk/model" chunk_recovery="$OUT/runs/chunk_recovery/model")
+    episodes=(--task_suite_name libero_object --task_ids 0 1 2 3 4 --first_trial 0 --num_trials_per_task 10
+              --resolution 128 --max_episodes_rendered 1 --action_noise 0.1 --action_delay 2 --push 40 0 60 0 4)
+    compare() {  # compare CORE [compare_libero.py arguments]: one process per core, the last call assembles
+      local core=$1
+      shift
+      OMP_NUM_THREADS=1 taskset -c "$core" "$PYTHON" compare_libero.py "${models[@]}" "${episodes[@]}" \
+        --output_dir "$OUT/evaluation" "$@"
+    }
+    compare 0 --perturbations nominal "action delay" > "$OUT/evaluation_0.log" 2>&1 &
+    compare 1 --perturbations push "action noise" > "$OUT/evaluation_1.log" 2>&1 &
+    wait_all
+    compare 0-1
+    ;;
   *)
-    echo "usage: $0 demos|train|diagnose" >&2
+    echo "usage: $0 demos|train|diagnose|evaluate" >&2
     exit 2
     ;;
 esac
