@@ -7,42 +7,15 @@ import numpy as np
 import pytest
 import torch
 
-from fasvla.libero.env import CAMERAS, Observation
+from fasvla.libero.env import Observation
 from fasvla.libero.episode import EpisodeJob
 from fasvla.libero.perturbations import Perturbation, PerturbedActions
 from fasvla.libero.realtime import LiberoRobot, RealTimeEpisodeRun, RealTimeOptions
 from fasvla.realtime import SimulatedClock
+from fake_env import FakeEnv
 
 PERIOD = 0.05  # LIBERO's 20 Hz
 COSTS = {"step": 0.010, "prefix": 0.030}
-
-
-class FakeEnv:
-    """LiberoEnv's interface with trivial physics: state[:7] += 0.01 * action, and the tick number in state[7] (so a
-    state tells when it was measured). Succeeds at tick `success_at`."""
-
-    suite, task_id, task_language, gripper_close_sign = "libero_object", 0, "pick up the cube", 1.0
-    init_states = [None]
-
-    def __init__(self, max_steps=30, success_at=None):
-        self.max_steps, self.success_at, self.cameras = max_steps, success_at, list(CAMERAS)
-        self.received, self.forces = [], []
-
-    def reset(self, init_state_id, placement_seed=None):
-        self.tick, self.state = 0, np.zeros(8, np.float32)
-        return self._observation()
-
-    def step(self, action, push_force=None, render=False):
-        self.received.append(np.array(action))
-        self.forces.append(push_force)
-        self.state[:7] += 0.01 * np.asarray(action, np.float32)
-        self.tick += 1
-        self.state[7] = self.tick
-        return self._observation(), self.tick == self.success_at
-
-    def _observation(self):
-        images = [np.full((32, 32, 3), 10 * self.tick % 255, np.uint8) for _ in self.cameras]
-        return Observation(self.state.copy(), {}, images)
 
 
 def _run(joint, mode, latency=0.010, costs=COSTS, prefix_lead=1, video=True, **env_options):
