@@ -129,6 +129,10 @@ class FasVLAConfig(PreTrainedConfig):
             G (action_dim x state_dim, normalised units): the action increments that remove a state displacement, the
             ridge pseudo-inverse of the state's response to the actions fitted on the training data
             (fasvla/state_response.py; `train_accelerate.py` fits it).
+        max_observation_delay (`int`, defaults to 0):
+            Training under inference delay (DESIGN.md section 5, revision 2): each sample's prefix (images and state
+            token) is from frame `t - d`, `d` uniform in {0..max_observation_delay} (within the episode), while its
+            trajectory starts at frame t. Recorded here as how the model was trained; inference takes any delay.
 
     Normalisation (inputs and outputs are in robot units; the model works in normalised units):
         norm_stats (`dict`, *optional*):
@@ -182,6 +186,7 @@ class FasVLAConfig(PreTrainedConfig):
     feedback_kappa: float = 0.0
     kappa_a: float | None = None
     feedback_matrix: list[list[float]] | None = None
+    max_observation_delay: int = 0
 
     norm_stats: dict | None = None
     normalization: str | None = None
@@ -230,6 +235,7 @@ class FasVLAConfig(PreTrainedConfig):
                      "max_state_dim", "max_action_dim", "state_dim", "action_dim", "chunk_size",
                      "n_action_steps", "num_steps", "num_flow_queries"):
             _check_int(name, getattr(self, name), minimum=1)
+        _check_int("max_observation_delay", self.max_observation_delay, minimum=0)
         _check_int("num_expert_layers", self.num_expert_layers, minimum=None)
         for name in ("sigma0", "kappa", "action_loss_weight", "state_loss_weight", "feedback_gain", "norm_eps",
                      "feedback_kappa", "kappa_a"):

@@ -2,14 +2,17 @@
 
     python eval_libero.py --model <folder or Hub id> --task_suite_name libero_object --num_trials_per_task 50
     python eval_libero.py --model ... --feedback_mode synchronous --push_step 40 --push_force 0 80 0
+    python eval_libero.py --model ... --inference_delay 4   # each chunk observed 4 actions before it starts
     python eval_libero.py --model ... --real_time --state_latency_ms 20   # the real-time runner, simulated clock
     accelerate launch --multi_gpu --num_processes 4 eval_libero.py ...   # episodes sharded over processes/GPUs
 
 Protocol (DESIGN.md section 7): the four suites, trial i starts from the task's fixed init state i, seed 7, 10 wait
 steps, suite step limits 220 / 280 / 300 / 520, cameras rotated 180 degrees. Streaming models run `stream_actions`
 with the chosen feedback mode; chunk models plan H actions and execute `n_action_steps` of them. By default the
-simulator waits for the policy (lockstep); `--real_time` runs streaming models under the real-time runner instead,
-where slow compute and state latency cost held steps (fasvla/libero/realtime.py).
+simulator waits for the policy (lockstep); `--inference_delay D` observes each chunk D actions before its first
+action while the previous chunk executes (fasvla/chunk_driver.py). `--real_time` runs streaming models under the
+real-time runner instead, with the same schedule (`--prefix_lead` = D), where slow compute and state latency cost
+held steps (fasvla/libero/realtime.py).
 
 Cameras render only where they are looked at (fasvla/libero/frames.py): the policy at chunk starts, and the
 recording of the first --max_episodes_rendered trials of each task, which keeps full-rate video for the app; the
@@ -54,6 +57,10 @@ def parse_args(argv=None):
     p.add_argument("--feedback_mode", choices=["open_loop", "synchronous", "anticipatory"], default=None,
                    help="streaming models; default: the model's")
     p.add_argument("--n_action_steps", type=int, default=None, help="actions per observation; default: the model's")
+    p.add_argument("--inference_delay", type=int, default=0,
+                   help="lockstep: each chunk's observation is taken this many actions before its first action, "
+                        "while the previous chunk executes (streams start from the state at the boundary, chunks "
+                        "execute from this index); in real time --prefix_lead is this delay")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--resolution", type=int, default=256, help="camera size (SmolVLA-based models: 512)")
     p.add_argument("--num_workers", type=int, default=1, help="environment processes per evaluation process")
@@ -83,10 +90,14 @@ def parse_args(argv=None):
     timing.add_argument("--compute_ms", type=float, nargs=2, default=None, metavar=("STEP", "PREFIX"),
                         help="charge these costs instead of the measured ones (another machine's figures)")
     timing.add_argument("--prefix_lead", type=int, default=1,
-                        help="actions before a chunk's end at which the next prefix starts; 0: no pipelining")
+                        help="actions of a chunk that run between the next chunk's observation and its first action "
+                             "(the inference delay of the pipelined prefix); 0: no pipelining")
     args = p.parse_args(argv)
     if args.num_trials_per_task < 1 or args.num_workers < 1 or args.first_trial < 0 or args.max_episodes_rendered < 0:
         p.error("--num_trials_per_task and --num_workers must be >= 1, --first_trial and --max_episodes_rendered >= 0")
+    if args.inference_delay < 0 or (args.real_time and args.inference_delay):
+        p.error(f"--inference_delay must be >= 0 and is for lockstep runs (in real time: --prefix_lead), got "
+                f"{args.inference_delay}")
     try:
         args.real_time_options = real_time_options(args)
     except ValueError as error:
@@ -101,7 +112,7 @@ def real_time_options(args) -> RealTimeOptions | None:
     if args.compute_ms is not None:
         step_ms, prefix_ms = args.compute_ms
         costs = {"step": step_ms / 1000, "prefix": prefix_ms / 1000}
-    return RealTimeOptions(args.state_latency_ms / 1000, costs, args.prefix_lead or None)
+    return RealTimeOptions(args.state_latency_ms / 1000, costs, args.prefix_lead)
 
 
 def make_jobs(args) -> list[list[EpisodeJob]]:
@@ -119,7 +130,9 @@ def make_jobs(args) -> list[list[EpisodeJob]]:
 # (--max_episodes_rendered, --num_workers and --no_record change what is recorded and how fast, never an outcome)
 SETTINGS = ["model", "feedback_mode", "n_action_steps", "seed", "resolution", "gripper_close_sign", "max_steps",
             "action_noise", "action_delay", "push_step", "push_force", "push_steps", "real_time", "state_latency_ms",
-            "compute_ms", "prefix_lead"]
+            "compute_ms", "prefix_lead", "inference_delay"]
+# settings added later, with the value that evaluations recorded before them ran with
+ADDED_SETTINGS = {"inference_delay": 0}
 
 
 def check_settings(output_dir: Path, args) -> None:
@@ -131,7 +144,7 @@ def check_settings(output_dir: Path, args) -> None:
         saved.write_text(json.dumps(settings, indent=2))
         return
     previous = json.loads(saved.read_text())
-    changed = [name for name in SETTINGS if previous.get(name) != settings[name]]
+    changed = [name for name in SETTINGS if previous.get(name, ADDED_SETTINGS.get(name)) != settings[name]]
     if changed:
         raise ValueError(f"--output_dir {output_dir} holds an evaluation with other settings "
                          f"({', '.join(f'{n}={previous.get(n)!r}, now {settings[n]!r}' for n in changed)}): "
@@ -167,7 +180,8 @@ def episode_options(args, model_name: str) -> dict:
     perturbation = Perturbation(args.action_noise, args.action_delay, args.push_step, tuple(args.push_force),
                                 args.push_steps)
     return {"resolution": args.resolution, "seed": args.seed, "feedback_mode": args.feedback_mode,
-            "n_action_steps": args.n_action_steps, "perturbation": perturbation, "model_name": model_name,
+            "n_action_steps": args.n_action_steps, "inference_delay": args.inference_delay,
+            "perturbation": perturbation, "model_name": model_name,
             "gripper_close_sign": args.gripper_close_sign, "max_steps": args.max_steps,
             "real_time": args.real_time_options,
             "recording_root": None if args.no_record else Path(args.output_dir) / "rollouts"}

@@ -520,6 +520,7 @@ class FasVLAForActionPrediction(FasVLAPreTrainedModel):
         future_state_is_pad: torch.Tensor | None = None,
         cumulative_action: torch.Tensor | None = None,
         previous_action: torch.Tensor | None = None,
+        trajectory_state: torch.Tensor | None = None,
         image_masks: torch.Tensor | None = None,
         noise: torch.Tensor | None = None,
         time: torch.Tensor | None = None,
@@ -534,6 +535,8 @@ class FasVLAForActionPrediction(FasVLAPreTrainedModel):
                 required, since the trajectory starts there; zeros at an episode's first frame).
             previous_action: (B, d_a), a_{t-1} (zeros at an episode's first frame): required when
                 `config.absolute_action_dims` is set, whose trajectory starts at the command in force.
+            trajectory_state: (B, d_s), the state the trajectory starts from when it is not the prefix's `state`
+                (training under observation delay: the prefix shows frame t - d, the trajectory starts at t).
             noise, time: fixed draws instead of random ones. Chunk: noise (B, H, D), time (B,). Streaming: noise
                 (B, Q, D) = eps, time (B, Q) = tau.
         """
@@ -541,10 +544,12 @@ class FasVLAForActionPrediction(FasVLAPreTrainedModel):
         self._check_training_targets(state, actions, action_is_pad, future_states, future_state_is_pad,
                                      cumulative_action, previous_action)
         self._check_draws(state.shape[0], noise, time)
+        if trajectory_state is not None:
+            _check_shape("trajectory_state", trajectory_state, tuple(state.shape))
         cache = self.encode_prefix(pixel_values, input_ids, attention_mask, state, image_masks)
         objective_loss = self._chunk_loss if self.config.objective == "chunk" else self._stream_loss
         return objective_loss(
-            cache, state=state, actions=actions, action_is_pad=action_is_pad, future_states=future_states,
+            cache, state=state if trajectory_state is None else trajectory_state, actions=actions, action_is_pad=action_is_pad, future_states=future_states,
             future_state_is_pad=future_state_is_pad, cumulative_action=cumulative_action,
             previous_action=previous_action, noise=noise, time=time,
         )

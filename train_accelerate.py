@@ -71,6 +71,9 @@ def parse_args(argv=None):
                             help="kappa_fb of feedback-consistent stabilisation (G is fitted on the dataset)")
     trajectory.add_argument("--kappa_a", type=float, default=None, help="decay of the action noise (default kappa)")
     trajectory.add_argument("--feedback_ridge", type=float, default=DEFAULT_RIDGE, help="ridge of G's fit")
+    trajectory.add_argument("--max_observation_delay", type=int, default=None,
+                            help="train under inference delay: each sample's prefix from frame t - d, d uniform in "
+                                 "{0..D}, its trajectory from t (default: the model's, 0 for a new one)")
     optim = p.add_argument_group("optimisation (SmolVLA's presets)")
     optim.add_argument("--steps", type=int, default=30_000, help="optimizer steps")
     optim.add_argument("--batch_size", type=int, default=8, help="per process and per accumulation step")
@@ -236,7 +239,9 @@ def main(argv=None):
     model.set_norm_stats(stats)
     if model.config.feedback_kappa > 0:  # G in the units of these statistics
         model.set_feedback_matrix(fit_feedback_matrix(model, dataset, args))
-    train_loader, val_loader = make_loaders(args, dataset, model.config.chunk_size, processor, camera_keys)
+    if args.max_observation_delay is not None:
+        model.config.max_observation_delay = args.max_observation_delay
+    train_loader, val_loader = make_loaders(args, dataset, model.config, processor, camera_keys)
 
     trainable = freeze(model, args.freeze)
     optimizer = make_optimizer(model, args.lr, tuple(args.betas), args.eps, args.weight_decay)
@@ -267,20 +272,22 @@ def make_accelerator(args) -> Accelerator:
     )
 
 
-def make_loaders(args, dataset: LeRobotDataset, chunk_size: int, processor, camera_keys: list[str]):
-    """The training loader (shuffled, whole batches) and the validation loader (None without validation episodes).
+def make_loaders(args, dataset: LeRobotDataset, config, processor, camera_keys: list[str]):
+    """The training loader (shuffled, whole batches, observations delayed as `config.max_observation_delay` says)
+    and the validation loader (None without validation episodes; no delay, so that validation losses compare).
 
     The loaders' own generator keeps the creation of their iterators (epochs, resumes) off the global RNG, which
     draws the flow noise: a resumed run then draws exactly the noise of an uninterrupted one."""
     train_episodes, val_episodes = split_episodes(len(dataset.episodes), args.val_fraction, args.seed)
 
-    def loader(episodes, **options):
-        samples = TrajectorySamples(dataset, chunk_size, camera_keys, args.state_key, args.action_key, episodes)
+    def loader(episodes, max_observation_delay=0, **options):
+        samples = TrajectorySamples(dataset, config.chunk_size, camera_keys, args.state_key, args.action_key, episodes,
+                                    max_observation_delay, args.seed)
         return torch.utils.data.DataLoader(
             samples, batch_size=args.batch_size, num_workers=args.num_workers, collate_fn=TrainingCollator(processor),
             generator=torch.Generator().manual_seed(args.seed), **options)
 
-    train_loader = loader(train_episodes, shuffle=True, drop_last=True)
+    train_loader = loader(train_episodes, config.max_observation_delay, shuffle=True, drop_last=True)
     if len(train_loader) == 0:
         raise ValueError(f"--batch_size {args.batch_size} is larger than the {len(train_loader.dataset)} training "
                          "samples")
@@ -295,6 +302,7 @@ def train(args, accelerator, model, optimizer, train_loader, val_loader, step: i
     while step < args.steps:
         epoch, position = divmod(batches_done, len(train_loader))
         train_loader.set_epoch(epoch)  # the same shuffling for the same epoch, also after a resume
+        train_loader.dataset.set_epoch(epoch)  # and the same observation delays
         batches = accelerator.skip_first_batches(train_loader, position) if position else train_loader
         for batch in batches:
             batches_done += 1

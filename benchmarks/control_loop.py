@@ -41,7 +41,7 @@ def run_loop(model, processor, mode: str, period_s: float, latency_s: float, chu
     runner = RealTimeRunner(model, processor, "pick up the cube", robot, period_s, mode, prefix_lead=prefix_lead,
                             clock=clock, worker=worker)
     try:
-        return timing_summary(runner.run(chunks), period_s, prefix_lead or 0)
+        return timing_summary(runner.run(chunks), period_s, prefix_lead)
     finally:
         runner.close()
 
@@ -52,7 +52,8 @@ def main(argv=None):
     parser.add_argument("--period_ms", type=float, nargs="+", default=[50.0])
     parser.add_argument("--latency_ms", type=float, default=20.0)
     parser.add_argument("--chunks", type=int, default=4)
-    parser.add_argument("--prefix_lead", type=int, default=2, help="actions before a boundary the prefix starts")
+    parser.add_argument("--prefix_lead", type=int, default=3,
+                        help="actions of a chunk between the next observation and the boundary; 0: no pipelining")
     parser.add_argument("--simulate_ms", type=float, nargs=2, default=None, metavar=("STEP", "PREFIX"))
     args = parser.parse_args(argv)
 
@@ -71,7 +72,7 @@ def main(argv=None):
     for period in args.period_ms:
         rows = {(mode, lead): run_loop(model, processor, mode, period / 1000, args.latency_ms / 1000, args.chunks,
                                        lead, simulate)
-                for mode in MODES for lead in (args.prefix_lead, None)}
+                for mode in MODES for lead in (args.prefix_lead, 0)}
         for (mode, lead), r in rows.items():
             reference = rows[("anticipatory", lead)]["gap_p50_ms"]
             print(f"| {period:g} | {mode} | {'yes' if lead else 'no'} | {r['gap_p50_ms']:.1f} / {r['gap_p99_ms']:.1f} "

@@ -110,7 +110,7 @@ def streaming_loop(model, processor, mode: str, period_s: float, latency_s: floa
     robot = SimulatedRobot(clock, images, np.zeros(model.config.state_dim, np.float32), period_s, latency_s)
     runner = RealTimeRunner(model, processor, "pick up the cube", robot, period_s, mode, prefix_lead=prefix_lead,
                             clock=clock, worker=SimulatedWorker(clock, costs))
-    return timing_summary(runner.run(chunks), period_s, prefix_lead or 0)
+    return timing_summary(runner.run(chunks), period_s, prefix_lead)
 
 
 def chunk_loop(prefix_s: list[float], chunk_step_s: list[float], num_steps: int, actions_per_chunk: int,
@@ -167,7 +167,7 @@ def main(argv=None):
     parser.add_argument("--period_ms", type=float, nargs="+", default=[100.0, 50.0, 20.0])
     parser.add_argument("--latency_ms", type=float, default=10.0, help="state latency of the control loop")
     parser.add_argument("--chunks", type=int, default=4, help="chunks per control loop")
-    parser.add_argument("--prefix_lead", type=int, default=2)
+    parser.add_argument("--prefix_lead", type=int, default=3)
     args = parser.parse_args(argv)
 
     torch.manual_seed(0)

@@ -9,16 +9,18 @@ the next step is queued on the worker when what it conditions on is known:
     synchronous   when the state measured after the previous action arrives, P + L after it was sent: every
                   action is L + c late
 
-Prefix pipelining: `prefix_lead` actions before a chunk ends, the next observation is taken and its prefix queued
-right behind the step in flight, so that the next chunk's first action is ready at the boundary when the prefix fits
-in the slack of those actions. Without it the robot halts at every boundary for a prefix and a step.
+Prefix pipelining: the next chunk's observation is the one that preceded the chunk's action R - `prefix_lead` (taken
+when that action is sent) and its prefix is queued right behind the step in flight, so that the next chunk's first
+action is ready at the boundary when the prefix fits in the slack of the `prefix_lead` actions still to run. The
+chunk driver (fasvla/chunk_driver.py, the lockstep evaluation's schedule with inference delay D = `prefix_lead`)
+starts the new stream from the state and cumulative action of its first action's frame, not of the observation's.
+With `prefix_lead` 0 the observation follows the chunk and the robot halts at every boundary for a prefix and a step.
 
 Every action records when it was due (the previous one's send time + P), when the worker had it ready and when it
 was sent; an action ready after it was due is a deadline miss, counted, never hidden. Time comes from a clock
 object, so tests run the same loop on a simulated clock with modelled compute (`SimulatedWorker`).
 """
 
-import functools
 import itertools
 import time
 from collections.abc import Sequence
@@ -28,6 +30,8 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+
+from fasvla.chunk_driver import StreamDriver
 
 
 class SystemClock:
@@ -144,9 +148,9 @@ class SimulatedRobot:
 
     def observe(self) -> dict:
         """The images and the newest state measured by now (the observation a new chunk starts from), once it
-        arrives."""
+        arrives, with `frame`, the index of the action it preceded."""
         j = max(j for j in range(len(self.states)) if self.measured_at(j) <= self.clock.now())
-        return {"images": self.images, "state": self.state_before(j)}
+        return {"images": self.images, "state": self.state_before(j), "frame": j}
 
     def execute(self, action: np.ndarray) -> float:
         """Starts the action now and returns when it started."""
@@ -186,24 +190,26 @@ class ActionTiming:
 class RealTimeRunner:
     """Streams chunks to a robot in real time (see the module docstring for the schedule).
 
-    robot: `observe()` -> {"images", "state"} (the newest, once arrived); `execute(action)` starts an action without
-    waiting for it and returns the clock time it started (a robot with a fixed control tick starts it at its next
-    tick); `state_before(j)` -> the state measured when action j was due, at the end of action j - 1's period (blocks
-    until it arrives); `done`: the episode is over.
-    `prefix_lead`: actions before a chunk's end at which the next prefix is queued (None: no pipelining, observe once
-    the chunk has executed).
+    robot: `observe()` -> {"images", "state", "frame"} (the newest, once arrived; `frame`: the index of the action
+    whose start it was measured at); `execute(action)` starts an action without waiting for it and returns the clock
+    time it started (a robot with a fixed control tick starts it at its next tick), or None when the episode ended
+    before it could start; `state_before(j)` -> the state
+    measured when action j was due, at the end of action j - 1's period (blocks until it arrives); `done`: the
+    episode is over.
+    `prefix_lead`: how many of a chunk's actions run between the next chunk's observation and its first action
+    (0: no pipelining, observe once the chunk has executed).
     """
 
     def __init__(self, model, processor, task: str, robot, period_s: float, feedback_mode: str | None = None,
-                 n_action_steps: int | None = None, prefix_lead: int | None = 1, clock=None, worker=None):
+                 n_action_steps: int | None = None, prefix_lead: int = 1, clock=None, worker=None):
         self.model, self.processor, self.task, self.robot = model, processor, task, robot
-        self.streamer = model.episode_streamer(feedback_mode, n_action_steps=n_action_steps)
         self.mode = feedback_mode or model.config.feedback_mode
         self.steps = n_action_steps or model.config.n_action_steps
-        if prefix_lead is not None and not 1 <= prefix_lead < self.steps:
-            raise ValueError(f"prefix_lead must be None or in [1, {self.steps}), got {prefix_lead!r}")
+        if isinstance(prefix_lead, bool) or not isinstance(prefix_lead, int) or not 0 <= prefix_lead <= self.steps:
+            raise ValueError(f"prefix_lead must be an integer in [0, {self.steps}], got {prefix_lead!r}")
         if not period_s > 0:
             raise ValueError(f"period_s must be > 0, got {period_s!r}")
+        self.driver = StreamDriver(model, feedback_mode, n_action_steps, inference_delay=prefix_lead)
         self.period_s, self.prefix_lead = period_s, prefix_lead
         self.clock = clock or SystemClock()
         self.worker = worker or ThreadWorker(self.clock)
@@ -220,38 +226,52 @@ class RealTimeRunner:
         """The same loop, yielding the `ActionTiming` of each action once the robot has started it."""
         if num_chunks is not None and not (isinstance(num_chunks, int) and num_chunks >= 1):
             raise ValueError(f"num_chunks must be None or an integer >= 1, got {num_chunks!r}")
-        prefix, due, chunk = self._queue_prefix(), None, 0
+        prefix, due, chunk = self._queue_prefix(self.robot.observe()), None, 0
         while True:
             last_chunk = num_chunks is not None and chunk == num_chunks - 1
-            stream = self.streamer.start_prepared(prefix.result().value)
+            stream = self._start(prefix.result().value)
             job, prefix = self.worker.submit("step", next, stream), None
             for k in range(self.steps):
                 done = job.result()
                 due = done.ready if due is None else due  # the first action of the run is due when it exists
                 self.clock.sleep_until(due)
                 timing = self._send(done, chunk, k, due)
+                if timing is None:  # the episode ended before the action could start
+                    return
                 yield timing
                 if self.robot.done:
                     return
                 due = timing.sent + self.period_s
+                # the next chunk's observation: the one this action's start was measured at, queued behind the step
+                observes = not last_chunk and prefix is None and self.driver.schedule.observes(timing.index)
+                observation = self.robot.observe() if observes else None
                 if k < self.steps - 1:
                     job = self._queue_step(stream, timing.index)
-                if not last_chunk and self.prefix_lead is not None and k == self.steps - 1 - self.prefix_lead:
-                    prefix = self._queue_prefix()
+                if observation is not None:
+                    prefix = self._queue_prefix(observation)
             if last_chunk:
                 return
             if prefix is None:  # no pipelining: the next observation follows the chunk
                 self.clock.sleep_until(due)
-                prefix = self._queue_prefix()
+                prefix = self._queue_prefix(self.robot.observe())
             chunk += 1
 
-    def _send(self, done: Done, chunk: int, k: int, due: float) -> ActionTiming:
+    def _start(self, prepared):
+        """The next chunk's stream, from the state its driver says (waiting for that state to arrive)."""
+        measured_frame = self.driver.measurement_frame(prepared)
+        measured = None if measured_frame is None else _batch(self.robot.state_before(measured_frame))
+        return self.driver.start(prepared, measured)
+
+    def _send(self, done: Done, chunk: int, k: int, due: float) -> ActionTiming | None:
         step = done.value
         sent = self.robot.execute(step.action[0].float().cpu().numpy())
+        if sent is None:
+            return None
         timing = ActionTiming(len(self.timings), chunk, k, due, done.ready, sent, done.ready - done.started)
         self.timings.append(timing)
         self.streamed.append(step)
         return timing
+
     def _queue_step(self, stream, sent_index: int) -> Future:
         """The job of the next step, queued once what it conditions on has arrived."""
         if self.mode == "open_loop":
@@ -262,11 +282,10 @@ class RealTimeRunner:
         measured = _batch(self.robot.state_before(sent_index + 1))  # synchronous: after the action just sent
         return self.worker.submit("step", stream.send, measured)
 
-    def _queue_prefix(self) -> Future:
-        observation = self.robot.observe()
+    def _queue_prefix(self, observation: dict) -> Future:
         inputs = self.processor(images=observation["images"], text=self.task, state=observation["state"])
         inputs = {key: value.to(self.model.device) for key, value in inputs.items()}
-        return self.worker.submit("prefix", functools.partial(self.streamer.prepare, **inputs))
+        return self.worker.submit("prefix", self.driver.prepare, inputs, observation["frame"])
 
     def close(self) -> None:
         self.worker.close()
@@ -281,11 +300,12 @@ def _batch(state) -> torch.Tensor:
     return torch.as_tensor(np.asarray(state, np.float32))[None]
 
 
-def timing_summary(timings: list[ActionTiming], period_s: float, window: int = 0) -> dict:
-    """Inter-action gaps (p50/p99, ms), deadline misses, and the halt at chunk boundaries: the time the `window`
-    actions before a boundary and the boundary action took beyond as many typical in-chunk gaps (ms, the mean over
-    boundaries). Pass the prefix lead as `window`: a prefix queued that early may delay the chunk's last steps (one
-    worker) rather than the boundary action."""
+def timing_summary(timings: list[ActionTiming], period_s: float, prefix_lead: int = 0) -> dict:
+    """Inter-action gaps (p50/p99, ms), deadline misses, and the halt at chunk boundaries: the time the chunk's
+    actions after its prefix was queued (`prefix_lead` - 1 of them) and the boundary action took beyond as many
+    typical in-chunk gaps (ms, the mean over boundaries): a prefix queued early may delay the chunk's last steps
+    (one worker) rather than the boundary action."""
+    window = max(prefix_lead - 1, 0)
     sent = np.array([t.sent for t in timings])
     gaps = np.diff(sent) * 1000
     in_chunk = np.array([t.step > 0 for t in timings[1:]])

@@ -1,7 +1,8 @@
 """A stand-in for `LiberoEnv` with trivial, exact physics, and the trace of a lockstep episode on it.
 
-The state is an exact function of the executed actions (state[:7] += 0.01 * action) plus the tick in state[7], so a
-state tells when it was measured; the images carry the tick in their brightness.
+The state is an exact function of the executed actions (state[:7] += 0.01 * action) plus, unless `tick_in_state`
+is off, the tick in state[7], so that a state tells when it was measured; the images carry the tick in their
+brightness.
 """
 
 import numpy as np
@@ -19,8 +20,9 @@ class FakeEnv:
     suite, task_id, task_language, gripper_close_sign = "libero_object", 0, "pick up the cube", 1.0
     init_states = [None]
 
-    def __init__(self, max_steps=30, success_at=None):
+    def __init__(self, max_steps=30, success_at=None, tick_in_state=True):
         self.max_steps, self.success_at, self.cameras = max_steps, success_at, list(CAMERAS)
+        self.tick_in_state = tick_in_state
         self.received, self.forces = [], []
 
     def reset(self, init_state_id, placement_seed=None):
@@ -32,7 +34,7 @@ class FakeEnv:
         self.forces.append(push_force)
         self.state[:7] += GAIN * np.asarray(action, np.float32)
         self.tick += 1
-        self.state[7] = self.tick
+        self.state[7] = self.tick if self.tick_in_state else 0.0
         return self._observation(), self.tick == self.success_at
 
     def _observation(self):
@@ -40,10 +42,11 @@ class FakeEnv:
         return Observation(self.state.copy(), {}, images)
 
 
-def lockstep_trace(controller, steps: int = 30, perturbation: Perturbation | None = None) -> dict[str, np.ndarray]:
+def lockstep_trace(controller, steps: int = 30, perturbation: Perturbation | None = None,
+                   env: FakeEnv | None = None) -> dict[str, np.ndarray]:
     """Every step of a lockstep episode of `controller` on a `FakeEnv`: what it sent, predicted and conditioned
     on, (steps, dim) each."""
-    env = FakeEnv(max_steps=steps)
+    env = env or FakeEnv(max_steps=steps)
     run = EpisodeRun(env, controller, EpisodeJob("libero_object", 0, 0), perturbation or Perturbation(), seed=3,
                      record=False)
     outputs = [(sent, output.predicted_state, output.state_input) for _, output, sent in run]

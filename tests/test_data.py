@@ -265,6 +265,39 @@ def test_sample_fields_follow_the_dataset(samples, image_dataset, expected):
         assert sample["state"].dtype == np.float32 and sample["actions"].dtype == np.float32
 
 
+def test_delayed_samples_see_frame_t_minus_d_and_start_their_trajectory_at_t(image_dataset, samples):
+    """max_observation_delay 3: images and prefix state from t - d, d in {0..min(3, t - episode start)}, every
+    value drawn; everything else (trajectory state, actions, cumulative action) still frame t's."""
+    delayed = TrajectorySamples(image_dataset, CHUNK, list(CAMERA_KEYS), STATE, ACTION, max_observation_delay=3,
+                                seed=1)
+    states, seen = image_dataset.column(STATE), set()
+    for row in range(image_dataset.num_frames):
+        sample, plain = delayed[row], samples[row]
+        observed = int(np.flatnonzero((states == sample["state"]).all(axis=1))[0])
+        d = row - observed
+        assert 0 <= d <= min(3, row - int(delayed.starts[row])), row
+        seen.add(d)
+        for camera, image in zip(CAMERA_KEYS, sample["images"]):
+            np.testing.assert_array_equal(image, image_dataset.image(camera, observed))
+        np.testing.assert_array_equal(sample["trajectory_state"], plain["state"])
+        for key in ("actions", "future_states", "cumulative_action", "previous_action"):
+            np.testing.assert_array_equal(sample[key], plain[key])
+    assert seen == {0, 1, 2, 3}
+
+
+def test_observation_delays_are_a_function_of_seed_epoch_and_frame(image_dataset):
+    def delays(seed, epoch):
+        made = TrajectorySamples(image_dataset, CHUNK, list(CAMERA_KEYS), STATE, ACTION, max_observation_delay=3,
+                                 seed=seed)
+        made.set_epoch(epoch)
+        return [made.observation_delay(t) for t in range(image_dataset.num_frames)]
+
+    assert delays(0, 1) == delays(0, 1)  # another instance (a loader worker, a resumed run): the same draws
+    assert delays(0, 1) != delays(0, 2) and delays(0, 1) != delays(1, 1)
+    with pytest.raises(ValueError, match="max_observation_delay must be an integer >= 0, got -1"):
+        TrajectorySamples(image_dataset, CHUNK, list(CAMERA_KEYS), STATE, ACTION, max_observation_delay=-1)
+
+
 def test_camera_order_of_samples_is_the_requested_order(image_dataset):
     swapped = TrajectorySamples(image_dataset, CHUNK, [WRIST, TOP], STATE, ACTION)[3]
     np.testing.assert_array_equal(swapped["images"][0], image_dataset.image(WRIST, 3))

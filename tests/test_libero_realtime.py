@@ -18,7 +18,7 @@ PERIOD = 0.05  # LIBERO's 20 Hz
 COSTS = {"step": 0.010, "prefix": 0.030}
 
 
-def _run(joint, mode, latency=0.010, costs=COSTS, prefix_lead=1, video=True, **env_options):
+def _run(joint, mode, latency=0.010, costs=COSTS, prefix_lead=2, video=True, **env_options):
     model, processor = joint
     run = RealTimeEpisodeRun(FakeEnv(**env_options), model, processor, EpisodeJob("libero_object", 0, 0, video),
                              Perturbation(), seed=0, options=RealTimeOptions(latency, costs, prefix_lead),
@@ -27,31 +27,32 @@ def _run(joint, mode, latency=0.010, costs=COSTS, prefix_lead=1, video=True, **e
     return run, ticks
 
 
-def test_anticipatory_feedback_acts_at_every_tick_once_the_first_action_exists(joint):
+def test_anticipatory_feedback_acts_at_every_tick_from_the_first_action_on(joint):
     run, ticks = _run(joint, "anticipatory")  # L + c = 20 ms <= 50 ms
     result = run.result("anticipatory")
     assert len(ticks) == result.steps == 30 and not result.success
-    # the first action is ready after the prefix and a step (40 ms): tick 0 holds, then an action every tick
-    assert run.robot.action_ticks == list(range(1, 30))
-    assert result.held_steps == 1 and result.missed_deadlines == 0
-    assert np.isnan(ticks[0][1].action).all() and np.isfinite(ticks[1][1].action).all()
+    # the first action is ready after the latency, the prefix and a step (50 ms); the episode's ticks start with it
+    assert run.robot.first_action_s == pytest.approx(0.010 + 0.030 + 0.010)
+    assert run.robot.action_ticks == list(range(30))
+    assert result.held_steps == 0 and result.missed_deadlines == 0
+    assert all(np.isfinite(output.action).all() for _, output, _ in ticks)
 
 
 def test_synchronous_feedback_waits_a_tick_for_each_measured_state(joint):
     run, ticks = _run(joint, "synchronous")
     timings, robot = run.runner.timings, run.robot
     for previous, timing in zip(timings, timings[1:]):
-        if timing.step > 0:
-            # the state after the previous action arrives L after its tick ends, the step takes c: the next tick
-            # has passed, the arm holds one tick and the action runs at the one after
-            assert robot.action_ticks[timing.index] == robot.action_ticks[previous.index] + 2
-            assert timing.missed
-            measured = robot.observations[robot.action_ticks[previous.index] + 1].state
-            torch.testing.assert_close(run.runner.streamed[timing.index].state_input[0], torch.as_tensor(measured),
-                                       atol=1e-5, rtol=0)
+        # the state after the previous action arrives L after its tick ends, the step takes c: the next tick has
+        # passed, the arm holds one tick and the action runs at the one after; a chunk's first action too, whose
+        # stream starts from that state (the prefix was observed 2 actions earlier)
+        assert robot.action_ticks[timing.index] == robot.action_ticks[previous.index] + 2
+        assert timing.missed
+        measured = robot.observations[robot.action_ticks[previous.index] + 1].state
+        torch.testing.assert_close(run.runner.streamed[timing.index].state_input[0], torch.as_tensor(measured),
+                                   atol=1e-5, rtol=0)
     result = run.result("synchronous")
-    assert result.held_steps == 30 - len(timings) and result.held_steps >= 12
-    assert result.missed_deadlines == sum(t.step > 0 for t in timings)
+    assert result.held_steps == 30 - len(timings) and result.held_steps >= 14
+    assert result.missed_deadlines == len(timings) - 1
 
 
 def test_anticipatory_residual_uses_the_state_measured_before_the_previous_action(joint):
@@ -109,7 +110,7 @@ def test_a_recording_without_video_keeps_the_frames_the_prefixes_were_built_from
 def test_the_episode_stops_at_success(joint):
     run, ticks = _run(joint, "anticipatory", success_at=7)
     result = run.result("anticipatory")
-    assert result.success and result.steps == len(ticks) == 7 and len(run.runner.timings) == 6
+    assert result.success and result.steps == len(ticks) == 7 and len(run.runner.timings) == 7
 
 
 def test_without_given_costs_the_compute_is_charged_its_measured_time(joint):
@@ -126,11 +127,17 @@ def test_the_real_time_robot_returns_tick_times_and_never_runs_ahead():
     env = FakeEnv()
     robot = LiberoRobot(env, clock, PerturbedActions(Perturbation(), 0), 0.0, env.reset(0))
     clock.sleep_until(0.012)
-    assert robot.execute(np.ones(7)) == pytest.approx(PERIOD)  # 12 ms into tick 0: starts at tick 1, 0 held
-    assert robot.ticks == 2 and len(env.received) == 2 and np.array_equal(env.received[0][:6], np.zeros(6))
-    assert robot.observe()["state"][7] == 1  # at 50 ms: the state measured at tick 1, not tick 2's from the future
-    clock.sleep_until(0.1)
-    assert robot.execute(np.ones(7)) == pytest.approx(0.1)  # exactly at a tick: that tick
+    observation = robot.observe()
+    assert observation["frame"] == 0 and robot.ticks == 0  # the arm rests until the first action: nothing held
+    assert robot.execute(np.ones(7)) == pytest.approx(0.012)  # the first action starts tick 0 when it comes
+    assert robot.first_action_s == pytest.approx(0.012) and robot.ticks == 1
+    clock.sleep_until(0.012 + PERIOD + 0.010)
+    assert robot.execute(np.ones(7)) == pytest.approx(0.012 + 2 * PERIOD)  # 10 ms into tick 1: at tick 2, 1 held
+    assert robot.ticks == 3 and len(env.received) == 3 and np.array_equal(env.received[1][:6], np.zeros(6))
+    observation = robot.observe()  # at tick 2: the state measured then, not tick 3's from the future
+    assert observation["state"][7] == 2 and observation["frame"] == 1  # it precedes the second action
+    clock.sleep_until(0.012 + 3 * PERIOD)
+    assert robot.execute(np.ones(7)) == pytest.approx(0.012 + 3 * PERIOD)  # exactly at a tick: that tick
 
 
 def test_bad_real_time_settings_are_refused(joint, tiny_models):

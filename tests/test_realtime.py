@@ -11,7 +11,7 @@ STEP, PREFIX = 0.010, 0.030  # seconds of (simulated) compute
 PERIOD = 0.050
 
 
-def _runner(joint, mode, latency=0.0, prefix_lead=1, period=PERIOD, step=STEP, prefix=PREFIX, pushes=None):
+def _runner(joint, mode, latency=0.0, prefix_lead=2, period=PERIOD, step=STEP, prefix=PREFIX, pushes=None):
     model, processor = joint
     clock = SimulatedClock()
     images = [np.full((32, 32, 3), 40 * (c + 1), np.uint8) for c in range(len(model.config.camera_names))]
@@ -59,7 +59,7 @@ def test_anticipatory_feedback_is_late_only_by_what_exceeds_the_period(joint):
 
 
 def test_prefix_pipelining_removes_the_halt_at_chunk_boundaries(joint):
-    halted, _, _ = _runner(joint, "open_loop", prefix_lead=None)
+    halted, _, _ = _runner(joint, "open_loop", prefix_lead=0)
     pipelined, _, _ = _runner(joint, "open_loop", prefix_lead=1)
     without, with_ = timing_summary(halted.run(3), PERIOD), timing_summary(pipelined.run(3), PERIOD)
     # without: the next observation is taken when the last action has executed, then prefix + step
@@ -124,19 +124,20 @@ def test_the_runner_feeds_back_the_states_the_schedule_says(joint):
 
 
 def test_bad_settings_are_refused(joint):
-    with pytest.raises(ValueError, match="prefix_lead must be None or in \\[1, 4\\)"):
-        _runner(joint, "open_loop", prefix_lead=4)
+    for lead in (-1, 5, None):
+        with pytest.raises(ValueError, match="prefix_lead must be an integer in \\[0, 4\\]"):
+            _runner(joint, "open_loop", prefix_lead=lead)
     with pytest.raises(ValueError, match="period_s must be > 0"):
         _runner(joint, "open_loop", period=0.0)
 
 
 def test_a_prefix_queued_early_delays_the_chunks_last_step_and_the_halt_counts_it(joint):
-    # one worker: with a lead of 2 the prefix (120 ms) runs before the chunk's last step, which waits behind it
-    runner, _, _ = _runner(joint, "open_loop", prefix=0.120, prefix_lead=2)
+    # one worker: with a lead of 3 the prefix (120 ms) runs before the chunk's last step, which waits behind it
+    runner, _, _ = _runner(joint, "open_loop", prefix=0.120, prefix_lead=3)
     timings = runner.run(num_chunks=2)
     last_step = timings[3]
     assert last_step.step == 3 and last_step.missed and not timings[4].missed
     lost = 1000 * (timings[4].sent - timings[1].sent) - 3 * 1000 * PERIOD  # the window's time beyond 3 periods
     assert lost > 0
-    assert timing_summary(timings, PERIOD, window=2)["boundary_halt_ms"] == pytest.approx(lost)
+    assert timing_summary(timings, PERIOD, prefix_lead=3)["boundary_halt_ms"] == pytest.approx(lost)
     assert timing_summary(timings, PERIOD)["boundary_halt_ms"] == 0  # the boundary gap alone hides it

@@ -266,3 +266,21 @@ def test_a_new_model_takes_the_revision_2_trajectory_with_g_fitted_on_the_datase
     expected = fit_state_response(states, actions, [e.start for e in data.episodes]).G
     np.testing.assert_allclose(np.array(config.feedback_matrix), expected, rtol=1e-4, atol=1e-6)
     assert abs(np.mean(states, axis=0)).max() < 1e-3  # centred with the dataset's own mean
+
+
+def test_training_under_observation_delay_records_it_and_feeds_the_delayed_prefix(dataset, tmp_path, monkeypatch):
+    seen = []
+    forward = train_accelerate.FasVLAForActionPrediction.forward
+
+    def recording_forward(self, *args, **kwargs):
+        seen.append((kwargs["state"].clone(), kwargs["trajectory_state"].clone()))
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(train_accelerate.FasVLAForActionPrediction, "forward", recording_forward)
+    train("--dataset", dataset, "--output_dir", tmp_path, "--preset", "tiny", "--steps", 3, "--batch_size", 8,
+          "--max_observation_delay", 4, "--val_fraction", 0)
+    assert AutoModel.from_pretrained(tmp_path / "model", trust_remote_code=True).config.max_observation_delay == 4
+    prefix_states = torch.cat([state for state, _ in seen])
+    trajectory_states = torch.cat([trajectory for _, trajectory in seen])
+    delayed = (prefix_states != trajectory_states).any(dim=1)
+    assert 0.3 < delayed.float().mean() < 1.0  # d = 0 for about 1 in 5 (and at episode starts)

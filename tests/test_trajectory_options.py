@@ -155,6 +155,25 @@ def test_with_every_option_off_the_loss_is_the_first_versions_bit_for_bit(inputs
     assert torch.equal(changed.u_t[..., 7:15], reference.u_t[..., 7:15])  # the state targets do not change
 
 
+def test_the_trajectory_starts_at_the_trajectory_state_and_the_prefix_keeps_the_observed_one(inputs_of):
+    """Training under observation delay: knot 0 of the state trajectory is `trajectory_state` (s_t), whatever the
+    prefix's `state` (s_{t-d}); passing the prefix's own state changes nothing."""
+    model, inputs = model_with(inputs_of, objective="stream_joint")
+    targets = fake_targets(model.config, inputs["state"])
+    reference = loss_terms(model, inputs, targets)
+    same = loss_terms(model, inputs, {**targets, "trajectory_state": inputs["state"].clone()})
+    assert torch.equal(same.losses, reference.losses)
+    moved = inputs["state"] + 0.5
+    delayed = loss_terms(model, inputs, {**targets, "trajectory_state": moved})
+    assert not torch.equal(delayed.u_t, reference.u_t)  # the reference path runs from the moved knot 0
+    shifted = loss_terms(model, {**inputs, "state": moved}, targets)  # another prefix state, the same knots
+    assert torch.equal(delayed.u_t, shifted.u_t)
+    with pytest.raises(ValueError, match="trajectory_state must be a tensor of shape \\(2, 8\\)"):
+        loss_terms(model, inputs, {**targets, "trajectory_state": moved[:1]})
+    with pytest.raises(ValueError, match="FasVLAConfig\\.max_observation_delay must be >= 0"):
+        FasVLAConfig(max_observation_delay=-1)
+
+
 @pytest.mark.parametrize("overrides, field", [
     ({"trajectory_origin": "step"}, "trajectory_origin"),
     ({"absolute_action_dims": [7]}, "absolute_action_dims"),

@@ -133,7 +133,10 @@ class ActionStream(Generator):
     is tensor operations only: no `.item()`, no host synchronisation.
     """
 
-    def __init__(self, model, cache, state, cumulative_action, options: StreamOptions, previous_action=None):
+    def __init__(self, model, cache, state, cumulative_action, options: StreamOptions, previous_action=None,
+                 state_input=None):
+        """`state_input`: S_in_0 normalised, when it is not the observation's `state` (a chunk started after an
+        inference delay: `EpisodeStreamer.start_prepared`)."""
         config = model.config
         self._model, self._cache = model, cache
         self._normalizer = model.normalizer
@@ -147,8 +150,11 @@ class ActionStream(Generator):
         self._last = self._normalised_action("previous_action", previous_action)  # the last executed command
         self._trajectory = trajectory_start(self._executed, self._last, self._absolute, config.trajectory_origin)
         self._streamed = None  # the last streamed action, normalised, until the robot says what it executed
-        self._state_input = self._normalizer.normalize_state(state) if self._joint else None  # S_in
+        self._state_input = None  # S_in
+        if self._joint:
+            self._state_input = self._normalizer.normalize_state(state) if state_input is None else state_input
         self._predicted = self._state_input  # s_hat
+        self._state_increments = []  # delta_S of every step streamed (normalised): the motion the stream predicted
         self._feedback = make_feedback(options, state.float())
         # tau_k = k / H for every step, (n_action_steps, B, 1), so the step loop never builds tensors from Python.
         taus = torch.arange(self._num_steps, device=self._device, dtype=torch.float32) / self._chunk_size
@@ -170,6 +176,17 @@ class ActionStream(Generator):
     def last_action(self) -> torch.Tensor:
         """The last action executed (streamed, unless `send` said otherwise), (B, d_a) robot units."""
         return self._normalizer.unnormalize_action(self._last)
+
+    @property
+    def steps_streamed(self) -> int:
+        return self._index
+
+    def state_estimate(self, measured: torch.Tensor, since_step: int) -> torch.Tensor:
+        """The state after this stream's last step, normalised: `measured` (normalised), the state measured before
+        step `since_step` ran, plus the increments the stream predicted from that step on."""
+        if not 0 <= since_step <= self._index:
+            raise ValueError(f"since_step must be in [0, {self._index}] (the steps streamed), got {since_step}.")
+        return measured + sum(self._state_increments[since_step:], torch.zeros_like(measured))
 
     @property
     def done(self) -> bool:
@@ -239,7 +256,9 @@ class ActionStream(Generator):
         action = self._normalizer.unnormalize_action(streamed)
         if not self._joint:
             return StreamStep(action, None, None, k)
-        self._predicted = self._state_input + delta[:, self._action_dim : self._action_dim + self._state_dim]
+        increment = delta[:, self._action_dim : self._action_dim + self._state_dim]
+        self._state_increments.append(increment)
+        self._predicted = self._state_input + increment
         return StreamStep(action, self._normalizer.unnormalize_state(self._predicted),
                           self._normalizer.unnormalize_state(self._state_input), k)
 
@@ -263,22 +282,55 @@ def as_batch(name: str, value, batch: int, dim: int, device) -> torch.Tensor:
     return value.to(device, torch.float32, non_blocking=True)
 
 
+@dataclass(frozen=True)
+class PreparedChunk:
+    """A chunk's observation, encoded: the prefix cache, the observed state (robot units, (B, d_s)) and `frame`,
+    the index of the episode's action that the observation precedes (t_o)."""
+
+    cache: object
+    state: torch.Tensor
+    frame: int
+
+
 class EpisodeStreamer:
     """Chunk after chunk over one episode, carrying the cumulative action across chunks (no jump at boundaries).
 
-    `start_chunk(**inputs)` starts the stream of a new observation; the actions already streamed by the previous
-    chunk (even if it was cut short) count as executed. `reset()` starts a new episode. A real-time runner splits
-    it: `prepare(**inputs)` computes the prefix ahead of time (while the current chunk still streams) and
-    `start_prepared(prepared)` starts the stream at the chunk boundary.
+    Frames are action indices: frame t is what the robot measured before its action t ran, and `frame` is the
+    index of the next action to stream. `start_chunk(**inputs)` starts the stream of an observation of the current
+    frame; the actions already streamed by the previous chunk (even if it was cut short) count as executed.
+    `reset()` starts a new episode.
+
+    Under inference delay (DESIGN.md section 5, revision 2) a chunk's observation is older than its first action:
+    `prepare(frame=t_o, **inputs)` encodes the observation that preceded action t_o, while the previous chunk keeps
+    streaming; `start_prepared(prepared, measured_state)` starts the new stream at the boundary t_b = `frame`, from a
+    consistent pair: `A_0` = what was executed before t_b and `S_in_0` = the state at t_b, estimated as the state
+    measured at `measurement_frame(prepared)` plus the increments the previous stream predicted since. Which
+    measurement is the freshest a mode has at the boundary:
+
+        open_loop      t_o (the observation itself: it never uses another)
+        anticipatory   max(t_o, t_b - 1) (the state measured before the previous action ran)
+        synchronous    t_b (it waits for the state measured after the previous action)
+
+    The prefix keeps the observed state s_{t_o}, the state its images show. With no delay (t_o = t_b) every mode
+    starts from the observed state, as without this mechanism.
     """
 
     def __init__(self, model, feedback_mode=None, feedback_gain=None, n_action_steps=None):
         self._model = model
         self._options = stream_options(model.config, feedback_mode, feedback_gain, n_action_steps)
-        self._stream = None
+        self._stream, self._stream_start = None, 0
 
     def reset(self):
-        self._stream = None
+        self._stream, self._stream_start = None, 0
+
+    @property
+    def feedback_mode(self) -> str:
+        return self._options.feedback_mode
+
+    @property
+    def frame(self) -> int:
+        """The index of the next action to stream in the episode (the number streamed so far)."""
+        return 0 if self._stream is None else self._stream_start + self._stream.steps_streamed
 
     @property
     def cumulative_action(self) -> torch.Tensor | None:
@@ -291,15 +343,51 @@ class EpisodeStreamer:
     def start_chunk(self, **inputs) -> ActionStream:
         return self.start_prepared(self.prepare(**inputs))
 
-    def prepare(self, **inputs) -> tuple:
-        """(prefix cache, state) of an observation: the expensive part of starting a chunk."""
-        return self._model.encode_observation(**inputs), inputs["state"]
+    def prepare(self, *, frame: int | None = None, **inputs) -> PreparedChunk:
+        """The expensive part of starting a chunk: the prefix of an observation that preceded action `frame`
+        (default: the next action to stream)."""
+        frame = self.frame if frame is None else frame
+        if isinstance(frame, bool) or not isinstance(frame, int) or not 0 <= frame <= self.frame:
+            raise ValueError(f"frame must be an action index in [0, {self.frame}] (an observation already made), "
+                             f"got {frame!r}.")
+        return PreparedChunk(self._model.encode_observation(**inputs), inputs["state"], frame)
 
-    def start_prepared(self, prepared: tuple) -> ActionStream:
-        cache, state = prepared
-        self._stream = ActionStream(self._model, cache, state, self.cumulative_action, self._options,
-                                    self.last_action)
+    def measurement_frame(self, prepared: PreparedChunk) -> int | None:
+        """The frame whose measured state the next stream starts from, or None when it is the observation's own
+        (no delay, open loop, or no state trajectory)."""
+        boundary, mode = self.frame, self._options.feedback_mode
+        frame = {"open_loop": prepared.frame, "anticipatory": max(prepared.frame, boundary - 1),
+                 "synchronous": boundary}[mode]
+        return None if frame == prepared.frame or not self._model.config.uses_state_trajectory else frame
+
+    def start_prepared(self, prepared: PreparedChunk, measured_state=None) -> ActionStream:
+        """The stream of the chunk whose first action is action `frame`; `measured_state` (robot units, (B, d_s)):
+        the state measured at `measurement_frame(prepared)`, required exactly when that is not None."""
+        boundary, state_input = self.frame, self._boundary_state(prepared, measured_state)
+        self._stream = ActionStream(self._model, prepared.cache, prepared.state, self.cumulative_action,
+                                    self._options, self.last_action, state_input)
+        self._stream_start = boundary
         return self._stream
+
+    def _boundary_state(self, prepared: PreparedChunk, measured_state) -> torch.Tensor | None:
+        """S_in_0 normalised, or None when it is the observed state (no delay)."""
+        delay, measured_frame = self.frame - prepared.frame, self.measurement_frame(prepared)
+        if delay > 0 and (self._stream is None or delay > self._stream.steps_streamed):
+            raise ValueError(f"the observation of frame {prepared.frame} precedes the current stream, which "
+                             f"started at frame {self._stream_start}: an inference delay covers at most the "
+                             "previous chunk.")
+        if (measured_frame is None) != (measured_state is None):
+            needed = "no measured_state" if measured_frame is None else \
+                f"measured_state, the state measured before action {measured_frame}"
+            raise ValueError(f"this {self._options.feedback_mode} chunk starts at frame {self.frame} from an "
+                             f"observation of frame {prepared.frame}: pass {needed}.")
+        if delay == 0 or not self._model.config.uses_state_trajectory:
+            return None
+        normalizer, batch = self._model.normalizer, prepared.state.shape[0]
+        anchor = prepared.state if measured_state is None else \
+            as_batch("measured_state", measured_state, batch, self._model.config.state_dim, prepared.state.device)
+        since = (prepared.frame if measured_frame is None else measured_frame) - self._stream_start
+        return self._stream.state_estimate(normalizer.normalize_state(anchor), since)
 
 
 class ChunkQueue:
@@ -327,4 +415,4 @@ class ChunkQueue:
         return self._queue.pop(0)
 
 
-__all__ = ["ActionStream", "ChunkQueue", "EpisodeStreamer", "StreamOptions", "StreamStep", "as_batch", "stream_options"]
+__all__ = ["ActionStream", "ChunkQueue", "EpisodeStreamer", "PreparedChunk", "StreamOptions", "StreamStep", "as_batch", "stream_options"]

@@ -3,6 +3,11 @@
 A sample is the frame t of an episode: images at t for the chosen cameras, the task, the state s_t, the actions
 a_t..a_{t+H-1}, the future states s_{t+1}..s_{t+H}, the episode's cumulative action C_t = sum of its actions before t,
 and pad masks where these run past the episode end (padded entries repeat the last frame, as in LeRobot).
+
+With `max_observation_delay` D the observation (images and the prefix's state) is the one of frame t - d, d uniform
+in {0..D} within the episode, while the trajectory still starts at t (`trajectory_state` = s_t): the chunk the model
+then learns is the one that starts d actions after what it sees, as under inference delay. The draws are a function
+of (seed, epoch, frame), so that any number of loader workers and a resumed run see the same ones.
 """
 
 import numpy as np
@@ -35,8 +40,13 @@ class TrajectorySamples(torch.utils.data.Dataset):
     """
 
     def __init__(self, dataset: LeRobotDataset, chunk_size: int, cameras: list[str], state_key: str,
-                 action_key: str, episodes: list[int] | None = None):
+                 action_key: str, episodes: list[int] | None = None, max_observation_delay: int = 0,
+                 seed: int = 0):
+        if isinstance(max_observation_delay, bool) or not isinstance(max_observation_delay, int) or \
+                max_observation_delay < 0:
+            raise ValueError(f"max_observation_delay must be an integer >= 0, got {max_observation_delay!r}")
         self.dataset, self.chunk_size, self.cameras = dataset, chunk_size, list(cameras)
+        self.max_observation_delay, self.seed, self.epoch = max_observation_delay, seed, 0
         self.states = dataset.column(state_key).astype(np.float32)
         self.actions = dataset.column(action_key).astype(np.float32)
         self.starts, self.ends = episode_bounds(dataset)
@@ -49,15 +59,28 @@ class TrajectorySamples(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch whose observation delays the next iterator draws."""
+        self.epoch = epoch
+
+    def observation_delay(self, t: int) -> int:
+        """d for frame t in this epoch: uniform in {0..D}, never before the episode's first frame."""
+        highest = min(self.max_observation_delay, t - int(self.starts[t]))
+        if highest == 0:
+            return 0
+        return int(np.random.default_rng([self.seed, self.epoch, t]).integers(0, highest + 1))
+
     def __getitem__(self, i: int) -> dict:
         t = int(self.rows[i])
         end = int(self.ends[t])
+        observed = t - self.observation_delay(t)
         action_rows = t + np.arange(self.chunk_size)  # a_t .. a_{t+H-1}
         state_rows = action_rows + 1  # s_{t+1} .. s_{t+H}
         return {
-            "images": [self.dataset.image(camera, t) for camera in self.cameras],
+            "images": [self.dataset.image(camera, observed) for camera in self.cameras],
             "task": self.dataset.task(t),
-            "state": self.states[t],
+            "state": self.states[observed],
+            "trajectory_state": self.states[t],
             "actions": self.actions[np.minimum(action_rows, end - 1)],
             "action_is_pad": action_rows >= end,
             "future_states": self.states[np.minimum(state_rows, end - 1)],
@@ -71,7 +94,7 @@ class TrainingCollator:
     """Batches samples through the model's processor (images, task, state) and stacks the targets."""
 
     TARGETS = ("actions", "action_is_pad", "future_states", "future_state_is_pad", "cumulative_action",
-               "previous_action")
+               "previous_action", "trajectory_state")
 
     def __init__(self, processor):
         self.processor = processor

@@ -41,7 +41,7 @@ def episode_run(env, model, processor, job: EpisodeJob, options: dict) -> Episod
         return RealTimeEpisodeRun(env, model, processor, job, options["perturbation"], seed, options["real_time"],
                                   options["feedback_mode"], options["n_action_steps"], record)
     controller = make_controller(model, processor, env.task_language, options["feedback_mode"],
-                                 options["n_action_steps"])
+                                 options["n_action_steps"], options.get("inference_delay", 0))
     return EpisodeRun(env, controller, job, options["perturbation"], seed, record)
 
 

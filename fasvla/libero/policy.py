@@ -2,8 +2,11 @@
 
 Both controllers take an observation after every executed action and return the next action with what the model
 predicted and conditioned on, and the time the policy took for it. They read the observation's images only when a
-chunk starts, and say beforehand whether the next action will (`needs_images`), so that the caller renders the
+chunk is observed, and say beforehand whether the next action will (`needs_images`), so that the caller renders the
 cameras then and only then (fasvla/libero/frames.py), outside the policy's time.
+
+With `inference_delay` D, a chunk's observation is the one D actions before its first action, while the previous
+chunk keeps executing (fasvla/chunk_driver.py, the same schedule as the real-time runner's).
 """
 
 import time
@@ -12,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from streaming_fasvla import ChunkQueue
+from fasvla.chunk_driver import ChunkPlanDriver, StreamDriver
 
 
 @dataclass
@@ -23,56 +26,88 @@ class PolicyOutput:
     latency_s: float  # policy time for this action: a prefix pass at chunk starts, one expert step otherwise
 
 
-class StreamingController:
-    """`stream_actions` chunk after chunk: the observation after each action is sent into the stream as the
-    measured state; after `n_action_steps` actions a new chunk starts from the current images and state, carrying
-    the cumulative action over."""
-
-    def __init__(self, model, processor, task: str, feedback_mode: str | None = None,
-                 n_action_steps: int | None = None):
-        self.model, self.processor, self.task = model, processor, task
-        self.streamer = model.episode_streamer(feedback_mode=feedback_mode, n_action_steps=n_action_steps)
-        self.stream = None
+class _ScheduledController:
+    """What both controllers share: the observation a chunk starts from is encoded when the schedule reaches its
+    frame, and a chunk starts at its boundary (fasvla/chunk_driver.py); `act` gets the observation that precedes
+    the next action."""
 
     def reset(self) -> None:
-        self.streamer.reset()
-        self.stream = None
+        self.driver.reset()
+        self.pending = None  # the next chunk's encoded observation
 
     @property
     def needs_images(self) -> bool:
-        """Whether the next `act` starts a chunk (and reads the observation's images)."""
-        return self.stream is None or self.stream.done
+        """Whether the next `act` encodes an observation (and reads its images)."""
+        return self.driver.schedule.observes(self.driver.frame)
 
     def act(self, observation) -> PolicyOutput:
         start = time.perf_counter()
-        if self.needs_images:
-            inputs = _model_inputs(self.model, self.processor, observation, self.task)
-            self.stream = self.streamer.start_chunk(**inputs)
+        frame = self.driver.frame
+        self._remember(observation, frame)
+        self._observe_if_due(observation, frame)
+        if self.driver.at_boundary:
+            self._start(self.pending, frame)
+            self.pending = None
+            self._observe_if_due(observation, frame)  # inference delay R: the next chunk is observed here
+        return self._action(observation, start)
+
+    def _observe_if_due(self, observation, frame: int) -> None:
+        if self.pending is None and frame == self.driver.schedule.next_observation:
+            self.pending = self.driver.prepare(_model_inputs(self.model, self.processor, observation, self.task),
+                                               frame)
+
+    def _remember(self, observation, frame: int) -> None:
+        pass
+
+
+class StreamingController(_ScheduledController):
+    """`stream_actions` chunk after chunk: the observation after each action is sent into the stream as the
+    measured state; each chunk starts from the state and cumulative action of its first action's frame, carrying
+    the cumulative action over."""
+
+    def __init__(self, model, processor, task: str, feedback_mode: str | None = None,
+                 n_action_steps: int | None = None, inference_delay: int = 0):
+        self.model, self.processor, self.task = model, processor, task
+        self.driver = StreamDriver(model, feedback_mode, n_action_steps, inference_delay)
+        self.reset()
+
+    def reset(self) -> None:
+        super().reset()
+        self.stream, self.measured = None, {}  # measured: frame -> the state measured before that action
+
+    def _remember(self, observation, frame: int) -> None:
+        self.measured = {frame - 1: self.measured.get(frame - 1), frame: observation.state}
+
+    def _start(self, prepared, frame: int) -> None:
+        measured_frame = self.driver.measurement_frame(prepared)
+        measured = None if measured_frame is None else self.measured[measured_frame]
+        self.stream = self.driver.start(prepared, measured)
+
+    def _action(self, observation, start: float) -> PolicyOutput:
+        if self.stream.steps_streamed == 0:
             step = next(self.stream)
+            if self.driver.streamer.feedback_mode == "anticipatory" and self.model.config.uses_state_trajectory:
+                # r_0 for step 1: S_in_0 is an estimate after an inference delay (and the measurement itself without)
+                self.stream.observe(observation.state)
         else:
             step = self.stream.send(torch.as_tensor(observation.state)[None])
         return policy_output(step, time.perf_counter() - start)
 
 
-class ChunkController:
-    """SmolVLA's execution: plan H actions from an observation, execute `n_action_steps` of them open loop."""
+class ChunkController(_ScheduledController):
+    """SmolVLA's execution: plan H actions from an observation, execute `n_action_steps` of them open loop (from
+    index `inference_delay`, the actions that were still to come when the chunk was ready)."""
 
-    def __init__(self, model, processor, task: str, n_action_steps: int | None = None):
+    def __init__(self, model, processor, task: str, n_action_steps: int | None = None, inference_delay: int = 0):
         self.model, self.processor, self.task = model, processor, task
-        self.queue = ChunkQueue(model, n_action_steps)
+        self.driver = ChunkPlanDriver(model, n_action_steps, inference_delay)
+        self.reset()
 
-    def reset(self) -> None:
-        self.queue.reset()
+    def _start(self, prepared, frame: int) -> None:
+        self.driver.start(prepared)
 
-    @property
-    def needs_images(self) -> bool:
-        """Whether the next `act` plans a chunk (and reads the observation's images)."""
-        return self.queue.is_empty
-
-    def act(self, observation) -> PolicyOutput:
-        start = time.perf_counter()
-        inputs = _model_inputs(self.model, self.processor, observation, self.task) if self.needs_images else {}
-        action = self.queue.select_action(**inputs)[0].cpu().numpy()
+    def _action(self, observation, start: float) -> PolicyOutput:
+        action = self.driver.next_action()[0].cpu().numpy()
         latency = time.perf_counter() - start
         return PolicyOutput(action, np.full(8, np.nan, np.float32), observation.state.astype(np.float32), latency)
 
@@ -83,10 +118,11 @@ def policy_output(step, latency_s: float) -> PolicyOutput:
                         latency_s)
 
 
-def make_controller(model, processor, task: str, feedback_mode: str | None = None, n_action_steps: int | None = None):
+def make_controller(model, processor, task: str, feedback_mode: str | None = None, n_action_steps: int | None = None,
+                    inference_delay: int = 0):
     if model.config.objective == "chunk":
-        return ChunkController(model, processor, task, n_action_steps)
-    return StreamingController(model, processor, task, feedback_mode, n_action_steps)
+        return ChunkController(model, processor, task, n_action_steps, inference_delay)
+    return StreamingController(model, processor, task, feedback_mode, n_action_steps, inference_delay)
 
 
 def _model_inputs(model, processor, observation, task: str) -> dict:

@@ -27,11 +27,12 @@ _EPS = 1e-9  # float slack when comparing clock times with tick times
 @dataclass(frozen=True)
 class RealTimeOptions:
     """latency_s: state latency. costs: {"step", "prefix"} seconds of compute, or None for the measured times.
-    prefix_lead: actions before a chunk's end at which the next prefix starts (None: no pipelining)."""
+    prefix_lead: actions of a chunk that run between the next chunk's observation and its first action (0: no
+    pipelining); the lockstep episodes with `inference_delay` = `prefix_lead` are these without their holds."""
 
     latency_s: float = 0.0
     costs: dict | None = None
-    prefix_lead: int | None = 1
+    prefix_lead: int = 1
 
     def __post_init__(self):
         if not self.latency_s >= 0:
@@ -51,8 +52,10 @@ class Tick:
 class LiberoRobot:
     """A `LiberoEnv` behind the runner's robot interface. The simulator is stepped lazily, tick by tick, whenever
     the clock has passed a tick nobody sent an action for (a hold) or an action is executed; observation n is the
-    one measured at tick n (time n * period), observation 0 the one after the reset. The cameras render where a
-    prefix observes them (`observed` ticks), or at every tick with `render_every_tick` (full-rate recordings)."""
+    one measured at tick n (time n * period), observation 0 the one after the reset. The episode's ticks start with
+    its first action: the arm rests before it, as in lockstep, and `first_action_s` says how long it waited. The
+    cameras render where a prefix observes them (`observed` ticks), or at every tick with `render_every_tick`
+    (full-rate recordings)."""
 
     def __init__(self, env: LiberoEnv, clock, actions: PerturbedActions, latency_s: float, observation: Observation,
                  render_every_tick: bool = False):
@@ -70,6 +73,7 @@ class LiberoRobot:
         self.hold_action = np.zeros(7)
         self.hold_action[GRIPPER_ACTION_INDEX] = WAIT_ACTION[GRIPPER_ACTION_INDEX] * env.gripper_close_sign
         self.env_s = 0.0
+        self.first_action_s = None
 
     @property
     def ticks(self) -> int:
@@ -86,12 +90,16 @@ class LiberoRobot:
         images = observation.images  # rendered now, while the simulator holds tick n's frame
         self.observed.add(n)
         self.clock.sleep_until(self._tick_time(n) + self.latency_s)
-        return {"images": images, "state": observation.state}
+        frame = sum(tick < n for tick in self.action_ticks)  # the actions executed before tick n
+        return {"images": images, "state": observation.state, "frame": frame}
 
-    def execute(self, action: np.ndarray) -> float:
+    def execute(self, action: np.ndarray) -> float | None:
+        if not self.sent_at:  # the episode starts now: tick 0 is this action's
+            self.first_action_s = self.clock.now() - self.started
+            self.started = self.clock.now()
         self._hold_until(self.clock.now())
-        if self.done:
-            return self.clock.now()
+        if self.done:  # the step limit was reached holding: the action never runs
+            return None
         tick = self.ticks
         self.clock.sleep_until(self._tick_time(tick))
         self.sent_at.append(self._tick_time(tick))
@@ -115,8 +123,8 @@ class LiberoRobot:
         return self.started + n * self.period_s
 
     def _hold_until(self, t: float) -> None:
-        """Ticks that started before `t` without an action hold the arm."""
-        while not self.done and self._tick_time(self.ticks) < t - _EPS:
+        """Ticks that started before `t` without an action hold the arm (none before the first action)."""
+        while self.sent_at and not self.done and self._tick_time(self.ticks) < t - _EPS:
             self._step(self.hold_action, None)
 
     def _step(self, action: np.ndarray, action_index: int | None) -> None:
@@ -161,17 +169,23 @@ class RealTimeEpisodeRun(EpisodeRun):
         try:
             for timing in self.runner.actions():
                 output = policy_output(self.runner.streamed[-1], timing.compute)
-                for tick in self.robot.drain():
-                    self.held_steps += tick.action_index is None
-                    ticks.append((tick, output if tick.action_index == timing.index else _HELD))
-                    yield tick.observation, ticks[-1][1], tick.sent
-                self.success, self.steps, self.env_s = self.robot.success, self.robot.ticks, self.robot.env_s
+                yield from self._ticks_run(ticks, timing.index, output)
                 self.policy_s += timing.compute
+            yield from self._ticks_run(ticks, None, None)  # the step limit reached holding
         finally:
             self.runner.close()
         if self.recorder is not None:
             for tick, output in ticks:
                 self.recorder.add(tick.observation, output, tick.sent, observed=tick.number in self.robot.observed)
+
+    def _ticks_run(self, ticks: list, action_index: int | None, output: PolicyOutput | None):
+        """The ticks run since the last call, the one of action `action_index` with `output`, the others held."""
+        for tick in self.robot.drain():
+            self.held_steps += tick.action_index is None
+            executed = action_index is not None and tick.action_index == action_index
+            ticks.append((tick, output if executed else _HELD))
+            yield tick.observation, ticks[-1][1], tick.sent
+        self.success, self.steps, self.env_s = self.robot.success, self.robot.ticks, self.robot.env_s
 
     def result(self, feedback_mode: str) -> EpisodeResult:
         result = super().result(feedback_mode)
