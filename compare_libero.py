@@ -7,7 +7,8 @@
 Policies: each chunk model (SmolVLA's execution: plan H actions, execute `n_action_steps` of them open loop) and each
 streaming model with open-loop, synchronous and anticipatory feedback (models are named `NAME=MODEL`; unnamed, a
 streaming model is "stream" and a chunk model "chunk"). Perturbations: none, delayed actions, an
-external push, action noise. Every (perturbation, policy) condition is an `eval_libero.py` run over the same tasks
+external push, action noise, and with `--inference_delays` the delay sweep (each chunk observed D actions before it
+starts; `delay_sweep.png`, and each policy at D against itself at D = 0). Every (perturbation, policy) condition is an `eval_libero.py` run over the same tasks
 and trials (`--first_trial` picks init states not trained on) in `<output_dir>/<perturbation>/<policy>/`; a rerun
 resumes what was interrupted. Writes `comparison.md`, `comparison.json` and `comparison.png`: success rates with
 95% Wilson intervals, and paired differences between policies on the same episodes with an exact sign test.
@@ -20,8 +21,9 @@ from pathlib import Path
 
 import eval_libero
 from fasvla.libero.comparison import (comparison_figure, comparison_table, condition_arguments, condition_folder,
-                                      episode_seconds, make_policies, outcomes_of, paired_differences, paired_table,
-                                      perturbations, read_condition)
+                                      delay_differences, delay_sweep_figure, episode_seconds, inference_delay_name,
+                                      make_policies, outcomes_of, paired_differences, paired_table, perturbations,
+                                      read_condition)
 
 
 def parse_args(argv=None):
@@ -39,12 +41,19 @@ def parse_args(argv=None):
     p.add_argument("--push", type=float, nargs=5, default=(40, 0.0, 60.0, 0.0, 2),
                    metavar=("STEP", "FX", "FY", "FZ", "STEPS"), help="an external push on the end effector")
     p.add_argument("--action_noise", type=float, default=0.1, help="std of the noise on executed actions")
+    p.add_argument("--inference_delays", type=int, nargs="+", default=[],
+                   help="the delay sweep: a condition per inference delay D (eval_libero.py --inference_delay; "
+                        "0 is nominal), each policy's success against D in delay_sweep.png")
     p.add_argument("--output_dir", default="outputs/libero_comparison")
     args, common = p.parse_known_args(argv)  # the rest goes to every eval_libero.py run (tasks, trials, ...)
     for forbidden in ("--model", "--feedback_mode", "--output_dir", "--action_delay", "--push_step", "--action_noise"):
         if forbidden in common:
             p.error(f"{forbidden} is set per condition; give the comparison's own options instead")
     args.common = common
+    if any(d < 0 for d in args.inference_delays):
+        p.error(f"--inference_delays must be >= 0, got {args.inference_delays}")
+    args.delays = sorted(set(args.inference_delays))
+    args.conditions = list(dict.fromkeys(args.perturbations + [inference_delay_name(d) for d in args.delays]))
     try:
         args.models = named_models(args.stream_model, "stream") | named_models(args.chunk_model, "chunk")
     except ValueError as error:
@@ -75,9 +84,9 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     root = Path(args.output_dir)
     models, chosen = args.models, args.chosen
-    arguments = perturbations(args.action_delay, tuple(args.push), args.action_noise)
+    arguments = perturbations(args.action_delay, tuple(args.push), args.action_noise, tuple(args.delays))
     summaries, outcomes, started, inside = {}, {}, time.perf_counter(), 0.0
-    for perturbation in args.perturbations:
+    for perturbation in args.conditions:
         for policy in chosen:
             folder = condition_folder(root, perturbation, policy)
             print(f"\n== {perturbation} / {policy.name} -> {folder}", flush=True)
@@ -86,9 +95,15 @@ def main(argv=None) -> dict:
             summaries[(perturbation, policy.name)] = condition.get("summary", {})
             outcomes[(perturbation, policy.name)] = outcomes_of(condition.get("episodes", []))
             inside += episode_seconds(condition.get("episodes", []))
-    table = comparison_table(summaries, chosen, args.perturbations)
-    differences = paired_differences(outcomes, chosen, args.perturbations)
-    table += "\n" + paired_table(differences, args.perturbations)
+    table = comparison_table(summaries, chosen, args.conditions)
+    differences = paired_differences(outcomes, chosen, args.conditions)
+    table += "\n" + paired_table(differences, args.conditions)
+    if args.delays:
+        delay_costs = delay_differences(outcomes, chosen, args.delays)
+        swept = [inference_delay_name(d) for d in args.delays if d > 0]
+        table += "\n" + paired_table(delay_costs, swept, "Each policy at inference delay D against itself at D = 0")
+        differences += delay_costs
+        delay_sweep_figure(summaries, chosen, args.delays, root / "delay_sweep.png")
     wall = time.perf_counter() - started
     footer = (f"{inside:.0f} s of policy and simulator time inside the episodes (over every run, resumed ones "
               f"included); {wall:.0f} s of wall time in the last run")
@@ -98,7 +113,7 @@ def main(argv=None) -> dict:
          "conditions": [{"perturbation": p, "policy": n, "summary": s} for (p, n), s in summaries.items()],
          "paired": differences},
         indent=2, default=str))
-    comparison_figure(summaries, chosen, args.perturbations, root / "comparison.png")
+    comparison_figure(summaries, chosen, args.conditions, root / "comparison.png")
     print(table)
     return summaries
 

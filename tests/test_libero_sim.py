@@ -155,23 +155,28 @@ def test_the_feedback_comparison_runs_every_condition_and_resumes(tmp_path, tiny
         processor.save_pretrained(tmp_path / objective)
     argv = ["--stream_model", str(tmp_path / "stream_joint"), "--chunk_model", str(tmp_path / "chunk"),
             "--policies", "chunk", "stream anticipatory", "--perturbations", "nominal", "push",
-            "--push", "1", "0", "80", "0", "2", "--output_dir", str(tmp_path / "cmp"),
+            "--push", "1", "0", "80", "0", "2", "--inference_delays", "0", "2", "--output_dir", str(tmp_path / "cmp"),
             "--task_suite_name", "libero_object", "--task_ids", "0", "--num_trials_per_task", "1", "--first_trial",
-            "7", "--max_steps", "5", "--resolution", "64", "--no_record"]
+            "7", "--max_steps", "5", "--resolution", "64", "--no_record", "--n_action_steps", "4"]
     summaries = compare_libero.main(argv)
-    assert set(summaries) == {(p, n) for p in ("nominal", "push") for n in ("chunk", "stream anticipatory")}
+    assert set(summaries) == {(p, n) for p in ("nominal", "push", "inference delay 2")
+                              for n in ("chunk", "stream anticipatory")}
     episodes = {}
     for perturbation, policy in summaries:
-        folder = tmp_path / "cmp" / perturbation / policy.replace(" ", "_")
+        folder = tmp_path / "cmp" / perturbation.replace(" ", "_") / policy.replace(" ", "_")
         episode = json.loads((folder / "results.json").read_text())["episodes"][0]
         assert episode["trial"] == 7 and episode["init_state_id"] == 7 and episode["steps"] == 5
         pushed = perturbation == "push"
         assert episode["perturbation"] == "nominal" or pushed and json.loads(episode["perturbation"])["push_step"] == 1
+        assert json.loads((folder / "settings.json").read_text())["inference_delay"] == (2 if "delay" in perturbation
+                                                                                         else 0)
         episodes[perturbation, policy] = episode
     assert episodes["nominal", "stream anticipatory"]["feedback_mode"] == "anticipatory"
     table = (tmp_path / "cmp" / "comparison.md").read_text()
     assert "| chunk | 0.0% [0, 79] (1) | 0.0% [0, 79] (1) |" in table
     assert (tmp_path / "cmp" / "comparison.png").stat().st_size > 5000
+    assert (tmp_path / "cmp" / "delay_sweep.png").stat().st_size > 5000
+    assert "| chunk at D=2 - chunk at D=0 | +0 (0/0, p=1.00) |" in table
     lines = lambda: sorted(p.read_text() for p in (tmp_path / "cmp").rglob("results_rank*.jsonl"))  # noqa: E731
     before = lines()
     compare_libero.main(argv)  # everything done: nothing runs again

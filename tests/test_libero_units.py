@@ -319,10 +319,33 @@ def test_named_models_give_every_policy_and_the_pairs_of_each_model():
     assert [(p.name, p.model, p.feedback_mode) for p in chosen] == [("stream anticipatory", "stream", "anticipatory")]
 
 
+def test_the_delay_sweep_adds_a_condition_per_delay_and_pairs_each_policy_with_itself_at_zero(tmp_path):
+    import compare_libero
+    from fasvla.libero.comparison import delay_differences, delay_sweep_figure, perturbations
+
+    args = compare_libero.parse_args(["--chunk_model", "runs/c", "--perturbations", "nominal", "push",
+                                      "--inference_delays", "4", "0", "1"])
+    assert args.delays == [0, 1, 4]
+    assert args.conditions == ["nominal", "push", "inference delay 1", "inference delay 4"]
+    arguments = perturbations(2, (40, 0, 60, 0, 4), 0.1, (0, 1, 4))
+    assert arguments["inference delay 4"] == ["--inference_delay", "4"] and "inference delay 0" not in arguments
+    chunk = args.chosen[0]
+    outcomes = {("nominal", "chunk"): {("s", 0, i): True for i in range(4)},
+                ("inference delay 4", "chunk"): {("s", 0, i): i < 1 for i in range(4)}}
+    costs = delay_differences(outcomes, [chunk], [0, 1, 4])
+    assert [(d["pair"], d["perturbation"]) for d in costs] == [
+        (["chunk at D=1", "chunk at D=0"], "inference delay 1"), (["chunk at D=4", "chunk at D=0"], "inference delay 4")]
+    assert costs[0]["paired"] is None and costs[1]["paired"]["difference"] == -0.75 and costs[1]["paired"]["losses"] == 3
+    summaries = {(name, "chunk"): {"overall": {"success_rate": rate, "ci95": [rate - 0.1, rate + 0.1]}}
+                 for name, rate in (("nominal", 0.9), ("inference delay 1", 0.8), ("inference delay 4", 0.3))}
+    assert delay_sweep_figure(summaries, [chunk], [0, 1, 4], tmp_path / "sweep.png").stat().st_size > 5000
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--stream_model", "a=x", "a=y"], "given twice"),
     (["--stream_model", "x", "--policies", "chunk"], r"--policies \['chunk'\] are not among"),
     ([], "at least one --stream_model or --chunk_model"),
+    (["--chunk_model", "x", "--inference_delays", "-1"], "--inference_delays must be >= 0"),
 ])
 def test_bad_comparisons_are_refused(argv, message, capsys):
     import compare_libero

@@ -47,13 +47,30 @@ def policy_pairs(policies: list[Policy]) -> list[tuple[str, str]]:
     return [(a, b) for a, b in pairs if a in names and b in names]
 
 
-def perturbations(action_delay: int, push: tuple[int, float, float, float, int], action_noise: float) -> dict:
-    """name -> the `eval_libero.py` arguments of that perturbation. push: (step, fx, fy, fz, steps)."""
+def perturbations(action_delay: int, push: tuple[int, float, float, float, int], action_noise: float,
+                  inference_delays: tuple[int, ...] = ()) -> dict:
+    """name -> the `eval_libero.py` arguments of that perturbation. push: (step, fx, fy, fz, steps). Each inference
+    delay D > 0 is a condition "inference delay D" (D = 0 is nominal)."""
     step, fx, fy, fz, steps = push
     return {"nominal": [], "action delay": ["--action_delay", str(action_delay)],
             "push": ["--push_step", str(int(step)), "--push_force", str(fx), str(fy), str(fz),
                      "--push_steps", str(int(steps))],
-            "action noise": ["--action_noise", str(action_noise)]}
+            "action noise": ["--action_noise", str(action_noise)]} | {
+        inference_delay_name(d): ["--inference_delay", str(d)] for d in inference_delays if d > 0}
+
+
+def inference_delay_name(delay: int) -> str:
+    return "nominal" if delay == 0 else f"inference delay {delay}"
+
+
+def delay_differences(outcomes: dict[tuple[str, str], dict], policies: list[Policy],
+                      delays: list[int]) -> list[dict]:
+    """What each inference delay costs each policy: its success at delay D against its own at D = 0, paired on
+    the same episodes."""
+    return [{"pair": [f"{policy.name} at D={d}", f"{policy.name} at D=0"], "perturbation": inference_delay_name(d),
+             "paired": paired_difference(outcomes.get((inference_delay_name(d), policy.name), {}),
+                                         outcomes.get(("nominal", policy.name), {}))}
+            for policy in policies for d in delays if d > 0]
 
 
 def condition_folder(root: Path, perturbation: str, policy: Policy) -> Path:
@@ -113,7 +130,7 @@ def paired_differences(outcomes: dict[tuple[str, str], dict], policies: list[Pol
             for a, b in policy_pairs(policies) for p in perturbations]
 
 
-def paired_table(differences: list[dict], perturbations: list[str]) -> str:
+def paired_table(differences: list[dict], perturbations: list[str], title: str = "Paired on the same episodes") -> str:
     """Markdown of `paired_differences`: one row per pair, one column per perturbation."""
     cells = {(tuple(d["pair"]), d["perturbation"]): _paired_cell(d["paired"]) for d in differences}
     pairs = list(dict.fromkeys(tuple(d["pair"]) for d in differences))
@@ -121,7 +138,7 @@ def paired_table(differences: list[dict], perturbations: list[str]) -> str:
         return ""
     rows = [f"| {a} - {b} | " + " | ".join(cells.get(((a, b), p), "not run") for p in perturbations) + " |"
             for a, b in pairs]
-    return ("Paired on the same episodes: success difference in points (episodes only the first / only the second "
+    return (f"{title}: success difference in points (episodes only the first / only the second "
             "solved, two-sided sign-test p):\n\n| pair | " + " | ".join(perturbations) + " |\n|---|"
             + "---|" * len(perturbations) + "\n" + "\n".join(rows) + "\n")
 
@@ -176,6 +193,35 @@ def comparison_figure(summaries: dict[tuple[str, str], dict], policies: list[Pol
     axes.set_ylabel("success rate (%)")
     axes.set_ylim(0, 105)
     axes.legend(fontsize=8, ncols=2)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def delay_sweep_figure(summaries: dict[tuple[str, str], dict], policies: list[Policy], delays: list[int],
+                       path: Path) -> Path:
+    """Success rate against the inference delay, one line per policy, with the 95% intervals as bands."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(6, 3.8))
+    for policy in policies:
+        points = [(d, summaries.get((inference_delay_name(d), policy.name), {}).get("overall")) for d in delays]
+        points = [(d, e) for d, e in points if e]
+        if not points:
+            continue
+        x = [d for d, _ in points]
+        line, = axes.plot(x, [100 * e["success_rate"] for _, e in points], marker="o", label=policy.name)
+        axes.fill_between(x, [100 * e["ci95"][0] for _, e in points], [100 * e["ci95"][1] for _, e in points],
+                          color=line.get_color(), alpha=0.15)
+    axes.set_xticks(delays)
+    axes.set_xlabel("inference delay D (actions between a chunk's observation and its first action)")
+    axes.set_ylabel("success rate (%)")
+    axes.set_ylim(0, 105)
+    axes.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
