@@ -35,7 +35,7 @@ def parse_args(argv=None):
     p.add_argument("--policies", nargs="+", default=None,
                    help="the policies to run (default: every one): a chunk model's name, or a streaming model's "
                         "name and a feedback mode, e.g. 'stream anticipatory'")
-    p.add_argument("--perturbations", nargs="+", default=["nominal", "action delay", "push", "action noise"],
+    p.add_argument("--perturbations", nargs="*", default=["nominal", "action delay", "push", "action noise"],
                    choices=["nominal", "action delay", "push", "action noise"])
     p.add_argument("--action_delay", type=int, default=2, help="steps the executed actions lag")
     p.add_argument("--push", type=float, nargs=5, default=(40, 0.0, 60.0, 0.0, 2),

@@ -9,7 +9,8 @@ before it). D = 0 is the chunk-after-chunk schedule without delay.
 
 A streaming chunk starts from a consistent pair (A_0, S_in_0) of its first action's frame (`EpisodeStreamer`
 in streaming_fasvla.py); a chunk of the chunk objective executes from index D, as LeRobot's asynchronous inference
-does without real-time chunking: its first D actions belong to times already past.
+does without real-time chunking: its first D actions belong to times already past (unless the model was trained
+under observation delay, see `ChunkPlanDriver`).
 """
 
 from dataclasses import dataclass
@@ -104,13 +105,15 @@ class StreamDriver:
 
 
 class ChunkPlanDriver:
-    """A chunk model's chunks over an episode on `ChunkSchedule`: each planned from its observation, executed from
-    index `delay`."""
+    """A chunk model's chunks over an episode on `ChunkSchedule`: each planned from its observation and executed
+    from index `delay`, or from index 0 for a model trained under observation delay (`max_observation_delay` > 0),
+    which learnt to plan the chunk that starts at the boundary from an older observation."""
 
     def __init__(self, model, n_action_steps: int | None = None, inference_delay: int = 0):
         self.model = model
         steps = n_action_steps or model.config.n_action_steps
-        if inference_delay + steps > model.config.chunk_size:
+        self.plans_for_the_boundary = model.config.max_observation_delay > 0
+        if not self.plans_for_the_boundary and inference_delay + steps > model.config.chunk_size:
             raise ValueError(f"inference_delay + n_action_steps must be at most chunk_size="
                              f"{model.config.chunk_size}, got {inference_delay} + {steps}.")
         self.schedule = ChunkSchedule(steps, inference_delay)
@@ -132,8 +135,8 @@ class ChunkPlanDriver:
         if not self.at_boundary:
             raise RuntimeError(f"a chunk starts at frame {self.schedule.next_start}, not at frame {self.frame}")
         chunk, observed = prepared
-        delay = self.frame - observed
-        self.queue = list(chunk[:, delay : delay + self.schedule.steps].unbind(dim=1))
+        first = 0 if self.plans_for_the_boundary else self.frame - observed
+        self.queue = list(chunk[:, first : first + self.schedule.steps].unbind(dim=1))
         self.starts.append(ChunkStart(observed, self.frame, observed))
         self.schedule.started(self.frame)
 

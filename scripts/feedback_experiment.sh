@@ -6,6 +6,8 @@
 #   scripts/feedback_experiment.sh train        # the six models, two at a time on one core each (about 3 h)
 #   scripts/feedback_experiment.sh diagnose     # the corrective gain of the four FAS-VLA models
 #   scripts/feedback_experiment.sh evaluate     # every model, mode and perturbation on the same 50 episodes (~2.5 h)
+#   scripts/feedback_experiment.sh sweep        # the inference-delay sweep, with and without delay training (~1 h)
+#   scripts/feedback_experiment.sh realtime     # real time, prefix pipelining on (the default) and off (~30 min)
 #
 # Outputs under $OUT (default outputs/feedback_v2).
 set -euo pipefail
@@ -19,14 +21,20 @@ RECOVERY=(--dart_from_slot 20 --dart_noise 0.3 --dart_delay 2 --dart_push_probab
           --dart_push_steps 4)
 CONDITIONING=(--center_state --absolute_action_dims 6 --trajectory_origin chunk)
 STABILISED=("${CONDITIONING[@]}" --feedback_kappa 4 --kappa_a 4)
+DELAY_TRAINING=(--max_observation_delay 8)
 # model name -> dataset and objective options
 declare -A MODEL_DATA=([chunk]=demos [chunk_recovery]=demos_recovery [fas_v1]=demos [fas_conditioning]=demos
-                       [fas_stabilised]=demos [fas_recovery]=demos_recovery)
+                       [fas_stabilised]=demos [fas_recovery]=demos_recovery [chunk_recovery_delay]=demos_recovery
+                       [fas_recovery_delay]=demos_recovery)
 declare -A MODEL_OPTIONS=([chunk]="--objective chunk" [chunk_recovery]="--objective chunk"
                           [fas_v1]="--objective stream_joint"
                           [fas_conditioning]="--objective stream_joint ${CONDITIONING[*]}"
                           [fas_stabilised]="--objective stream_joint ${STABILISED[*]}"
-                          [fas_recovery]="--objective stream_joint ${STABILISED[*]}")
+                          [fas_recovery]="--objective stream_joint ${STABILISED[*]}"
+                          [chunk_recovery_delay]="--objective chunk ${DELAY_TRAINING[*]}"
+                          [fas_recovery_delay]="--objective stream_joint ${STABILISED[*]} ${DELAY_TRAINING[*]}")
+EPISODES=(--task_suite_name libero_object --task_ids 0 1 2 3 4 --first_trial 0 --num_trials_per_task 10
+          --resolution 128 --max_episodes_rendered 1)
 
 wait_all() {  # every background job, failing if any failed
   local status=0
@@ -53,6 +61,13 @@ train_one() {  # train_one NAME CORE
     --num_workers 0 --report_to none --seed 0 --resume_from_checkpoint latest > "$OUT/runs/$name.log" 2>&1
 }
 
+compare() {  # compare FOLDER CORES [compare_libero.py arguments]: pinned to CORES, into $OUT/FOLDER
+  local folder=$1 cores=$2
+  shift 2
+  OMP_NUM_THREADS=1 taskset -c "$cores" "$PYTHON" compare_libero.py "${EPISODES[@]}" --output_dir "$OUT/$folder" \
+    "$@" >> "$OUT/${folder}_$cores.log" 2>&1
+}
+
 case "${1:-}" in
   demos)
     demos demos --demos_per_task 20
@@ -60,7 +75,8 @@ case "${1:-}" in
     ;;
   train)
     mkdir -p "$OUT/runs"
-    for pair in "chunk fas_v1" "fas_conditioning fas_stabilised" "chunk_recovery fas_recovery"; do
+    for pair in "chunk fas_v1" "fas_conditioning fas_stabilised" "chunk_recovery fas_recovery" \
+                "chunk_recovery_delay fas_recovery_delay"; do
       read -r first second <<< "$pair"
       train_one "$first" 0 &
       train_one "$second" 1 &
@@ -77,21 +93,34 @@ case "${1:-}" in
     models=(--stream_model fas_v1="$OUT/runs/fas_v1/model" fas_conditioning="$OUT/runs/fas_conditioning/model"
             fas_stabilised="$OUT/runs/fas_stabilised/model" fas_recovery="$OUT/runs/fas_recovery/model"
             --chunk_model chunk="$OUT/runs/chunk/model" chunk_recovery="$OUT/runs/chunk_recovery/model")
-    episodes=(--task_suite_name libero_object --task_ids 0 1 2 3 4 --first_trial 0 --num_trials_per_task 10
-              --resolution 128 --max_episodes_rendered 1 --action_noise 0.1 --action_delay 2 --push 40 0 60 0 4)
-    compare() {  # compare CORE [compare_libero.py arguments]: one process per core, the last call assembles
-      local core=$1
-      shift
-      OMP_NUM_THREADS=1 taskset -c "$core" "$PYTHON" compare_libero.py "${models[@]}" "${episodes[@]}" \
-        --output_dir "$OUT/evaluation" "$@"
-    }
-    compare 0 --perturbations nominal "action delay" > "$OUT/evaluation_0.log" 2>&1 &
-    compare 1 --perturbations push "action noise" > "$OUT/evaluation_1.log" 2>&1 &
+    perturbed=(--action_noise 0.1 --action_delay 2 --push 40 0 60 0 4)
+    compare evaluation 0 "${models[@]}" "${perturbed[@]}" --perturbations nominal "action delay" &
+    compare evaluation 1 "${models[@]}" "${perturbed[@]}" --perturbations push "action noise" &
     wait_all
-    compare 0-1
+    compare evaluation 0-1 "${models[@]}" "${perturbed[@]}"
+    ;;
+  sweep)
+    models=(--stream_model fas_recovery="$OUT/runs/fas_recovery/model"
+            fas_recovery_delay="$OUT/runs/fas_recovery_delay/model"
+            --chunk_model chunk_recovery="$OUT/runs/chunk_recovery/model"
+            chunk_recovery_delay="$OUT/runs/chunk_recovery_delay/model"
+            --policies chunk_recovery chunk_recovery_delay "fas_recovery open loop" "fas_recovery anticipatory"
+            "fas_recovery_delay open loop" "fas_recovery_delay anticipatory")
+    compare sweep 0 "${models[@]}" --perturbations nominal --inference_delays 1 2 &
+    compare sweep 1 "${models[@]}" --perturbations --inference_delays 4 8 &
+    wait_all
+    compare sweep 0-1 "${models[@]}" --perturbations nominal --inference_delays 0 1 2 4 8
+    ;;
+  realtime)
+    for lead in 0 1; do
+      compare "realtime_lead_$lead" "$lead" --stream_model fas_recovery="$OUT/runs/fas_recovery/model" \
+        --policies "fas_recovery open loop" "fas_recovery anticipatory" --perturbations nominal --real_time \
+        --state_latency_ms 10 --prefix_lead "$lead" &
+    done
+    wait_all
     ;;
   *)
-    echo "usage: $0 demos|train|diagnose|evaluate" >&2
+    echo "usage: $0 demos|train|diagnose|evaluate|sweep|realtime" >&2
     exit 2
     ;;
 esac

@@ -147,6 +147,17 @@ def test_a_delayed_chunk_executes_the_actions_it_planned_for_the_times_they_run(
         assert action == pytest.approx(100 * planned_from + (t - planned_from))  # the entry planned for time t
 
 
+def test_a_chunk_model_trained_under_observation_delay_executes_its_chunk_from_the_start(tiny_models, monkeypatch):
+    model, processor = tiny_models("chunk")
+    monkeypatch.setattr(model.config, "max_observation_delay", 4)
+    monkeypatch.setattr(model, "predict_action_chunk", _planned_chunk(model, []))
+    controller = make_controller(model, processor, "pick up the cube", n_action_steps=4, inference_delay=2)
+    sent = lockstep_trace(controller, steps=12, env=FakeEnv(max_steps=12))["sent"][:, 0]
+    observed = [0, 2, 6]
+    for t, action in enumerate(sent):  # planned for the boundary: entry j of the chunk runs j actions after it
+        assert action == pytest.approx(100 * observed[t // 4] + t % 4)
+
+
 def test_inference_delays_that_do_not_fit_a_chunk_are_refused(joint, tiny_models):
     model, processor = joint
     with pytest.raises(ValueError, match="inference_delay must be an integer in \\[0, n_action_steps=4\\], got 5"):
