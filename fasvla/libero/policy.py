@@ -46,7 +46,7 @@ class _ScheduledController:
         self._remember(observation, frame)
         self._observe_if_due(observation, frame)
         if self.driver.at_boundary:
-            self._start(self.pending, frame)
+            self._start(self.pending)
             self.pending = None
             self._observe_if_due(observation, frame)  # inference delay R: the next chunk is observed here
         return self._action(observation, start)
@@ -78,7 +78,7 @@ class StreamingController(_ScheduledController):
     def _remember(self, observation, frame: int) -> None:
         self.measured = {frame - 1: self.measured.get(frame - 1), frame: observation.state}
 
-    def _start(self, prepared, frame: int) -> None:
+    def _start(self, prepared) -> None:
         measured_frame = self.driver.measurement_frame(prepared)
         measured = None if measured_frame is None else self.measured[measured_frame]
         self.stream = self.driver.start(prepared, measured)
@@ -103,7 +103,7 @@ class ChunkController(_ScheduledController):
         self.driver = ChunkPlanDriver(model, n_action_steps, inference_delay)
         self.reset()
 
-    def _start(self, prepared, frame: int) -> None:
+    def _start(self, prepared) -> None:
         self.driver.start(prepared)
 
     def _action(self, observation, start: float) -> PolicyOutput:
