@@ -193,9 +193,8 @@ class RealTimeRunner:
     robot: `observe()` -> {"images", "state", "frame"} (the newest, once arrived; `frame`: the index of the action
     whose start it was measured at); `execute(action)` starts an action without waiting for it and returns the clock
     time it started (a robot with a fixed control tick starts it at its next tick), or None when the episode ended
-    before it could start; `state_before(j)` -> the state
-    measured when action j was due, at the end of action j - 1's period (blocks until it arrives); `done`: the
-    episode is over.
+    before it could start; `state_before(j)` -> the state measured when action j was due, at the end of action
+    j - 1's period (blocks until it arrives); `done`: the episode is over.
     `prefix_lead`: how many of a chunk's actions run between the next chunk's observation and its first action
     (0: no pipelining, observe once the chunk has executed).
     """
