@@ -3,7 +3,7 @@
 # output exists and resumes where it stopped otherwise, so the experiment spans sessions:
 #
 #   scripts/feedback_experiment.sh demos        # the plain and the recovery demonstrations (about 45 min, 2 cores)
-#   scripts/feedback_experiment.sh train        # the six models, two at a time on one core each (about 3 h)
+#   scripts/feedback_experiment.sh train        # the eight models, two at a time on one core each (about 4 h)
 #   scripts/feedback_experiment.sh diagnose     # the corrective gain of the four FAS-VLA models
 #   scripts/feedback_experiment.sh evaluate     # every model, mode and perturbation on the same 50 episodes (~2.5 h)
 #   scripts/feedback_experiment.sh sweep        # the inference-delay sweep, with and without delay training (~1 h)
@@ -75,7 +75,8 @@ case "${1:-}" in
     ;;
   train)
     mkdir -p "$OUT/runs"
-    for pair in "chunk fas_v1" "fas_conditioning fas_stabilised" "chunk_recovery fas_recovery" \
+    # the method's two full versions first (their diagnostics come before any simulation), then the baselines
+    for pair in "fas_stabilised fas_recovery" "chunk chunk_recovery" "fas_v1 fas_conditioning" \
                 "chunk_recovery_delay fas_recovery_delay"; do
       read -r first second <<< "$pair"
       train_one "$first" 0 &
