@@ -4,7 +4,7 @@
 #
 #   scripts/feedback_experiment.sh demos        # the plain and the recovery demonstrations (about 45 min, 2 cores)
 #   scripts/feedback_experiment.sh train        # the eight models, two at a time on one core each (about 4 h)
-#   scripts/feedback_experiment.sh diagnose     # the corrective gain of the four FAS-VLA models
+#   scripts/feedback_experiment.sh diagnose     # the corrective gain of each FAS-VLA model trained so far
 #   scripts/feedback_experiment.sh evaluate     # every model, mode and perturbation on the same 50 episodes (~2.5 h)
 #   scripts/feedback_experiment.sh sweep        # the inference-delay sweep, with and without delay training (~1 h)
 #   scripts/feedback_experiment.sh realtime     # real time, prefix pipelining on (the default) and off (~30 min)
@@ -85,9 +85,11 @@ case "${1:-}" in
     done
     ;;
   diagnose)
-    for name in fas_v1 fas_conditioning fas_stabilised fas_recovery; do
-      "$PYTHON" benchmarks/feedback_sensitivity.py --model "$OUT/runs/$name/model" \
-        --dataset "$OUT/${MODEL_DATA[$name]}/dataset" --frames 256 --output "$OUT/sensitivity_$name.json"
+    for name in fas_stabilised fas_recovery fas_v1 fas_conditioning fas_recovery_delay; do
+      if [ -f "$OUT/runs/$name/model/config.json" ] && [ ! -f "$OUT/sensitivity_$name.json" ]; then
+        "$PYTHON" benchmarks/feedback_sensitivity.py --model "$OUT/runs/$name/model" \
+          --dataset "$OUT/${MODEL_DATA[$name]}/dataset" --frames 256 --output "$OUT/sensitivity_$name.json"
+      fi
     done
     ;;
   evaluate)
