@@ -19,9 +19,11 @@ start after the protocol's 10 wait steps and end at the first success (--record_
 One frame is one 20 Hz control step; the dataset is labelled 10 fps by default like the public LIBERO datasets
 (--fps 20 labels the control rate instead).
 
-Writes to --output_dir: `attempts.jsonl` (one line per planned episode, appended as they finish), `dataset/`
-(written at the end from the frames staged in `staging/`, which is then removed) and `summary.json` (attempts,
-successes, frames, seconds per planned and per rendered episode, wall time), also printed.
+Writes to --output_dir: `settings.json`, `attempts.jsonl` (one line per planned episode, appended as they finish),
+`dataset/` (written at the end from the frames staged in `staging/`, which is then removed) and `summary.json`
+(attempts, successes, frames, seconds per planned and per rendered episode, wall time), also printed. An interrupted
+run resumes: the same command skips the demonstrations already in `attempts.jsonl` (each is a function of the seed,
+its task and its slot), and refuses a folder written with other settings.
 """
 
 import argparse
@@ -149,18 +151,61 @@ def write_dataset(root: Path, kept: list[Attempt], resolution: int, fps: int, co
                                  episodes_per_file=EPISODES_PER_FILE)
 
 
+# what the demonstrations depend on (not --num_workers, which only changes how fast they come)
+SETTINGS = ["task_suite_name", "task_ids", "demos_per_task", "init_states", "seed", "resolution", "fps", "codec",
+            "attempts_per_demo", "record_after_success", "no_diversity", "speed", "approach_height", "lift_height",
+            "carry_clearance", "grasp_yaw", "action_noise", "dart_noise", "dart_push_probability", "dart_push_force",
+            "dart_push_steps", "dart_delay", "dart_from_slot"]
+
+
+def resumed_attempts(output: Path, args) -> list[Attempt]:
+    """The attempts an interrupted run of the same settings left in `output` (none for a new folder); refuses a
+    folder of other settings or a finished run."""
+    settings = json.loads(json.dumps({name: getattr(args, name) for name in SETTINGS}))
+    saved = output / "settings.json"
+    if not saved.is_file():
+        if output.exists() and any(output.iterdir()):
+            raise SystemExit(f"--output_dir {str(output)!r} is not empty and holds no run to resume; choose another")
+        output.mkdir(parents=True, exist_ok=True)
+        saved.write_text(json.dumps(settings, indent=2))
+        return []
+    previous = json.loads(saved.read_text())
+    changed = [name for name in SETTINGS if previous.get(name) != settings[name]]
+    if changed:
+        raise SystemExit(f"--output_dir {str(output)!r} holds a run with other {', '.join(changed)}; choose another")
+    if (output / "summary.json").is_file():
+        raise SystemExit(f"--output_dir {str(output)!r} holds a finished run ({output / 'summary.json'})")
+    lines = (output / "attempts.jsonl").read_text().splitlines() if (output / "attempts.jsonl").is_file() else []
+    attempts = []
+    for line in lines:
+        try:
+            attempts.append(Attempt(**json.loads(line)))
+        except json.JSONDecodeError:  # the line being written when the run stopped: its job runs again
+            break
+    return attempts
+
+
+def finished_jobs_attempts(attempts: list[Attempt], attempts_per_demo: int) -> list[Attempt]:
+    """The attempts of the jobs that finished (one was kept, or every attempt was made)."""
+    by_job = {}
+    for a in attempts:
+        by_job.setdefault((a.suite, a.task_id, a.demo_index), []).append(a)
+    return [a for group in by_job.values() if any(a.kept for a in group) or len(group) >= attempts_per_demo
+            for a in group]
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     output = Path(args.output_dir)
-    if output.exists() and any(output.iterdir()):
-        raise SystemExit(f"--output_dir {str(output)!r} is not empty; choose another")
-    output.mkdir(parents=True, exist_ok=True)
+    attempts, started = resumed_attempts(output, args), time.perf_counter()
     options = GenerationOptions(args.diversity, args.seed, args.resolution, args.attempts_per_demo,
                                 not args.record_after_success, output / "staging", args.recovery,
                                 args.dart_from_slot)
-    jobs = make_jobs(args.task_suite_name, args.task_ids, args.demos_per_task, args.init_states)
-    attempts, started = [], time.perf_counter()
-    progress = tqdm(total=len(jobs), desc="demonstrations")
+    attempts = finished_jobs_attempts(attempts, args.attempts_per_demo)
+    done = {(a.suite, a.task_id, a.demo_index) for a in attempts}
+    jobs = [job for job in make_jobs(args.task_suite_name, args.task_ids, args.demos_per_task, args.init_states)
+            if (job.suite, job.task_id, job.demo_index) not in done]
+    progress = tqdm(total=len(jobs) + len(done), initial=len(done), desc="demonstrations")
 
     def on_result(job_attempts: list[Attempt]) -> None:
         with (output / "attempts.jsonl").open("a") as f:  # appended as jobs finish: nothing is lost on a crash

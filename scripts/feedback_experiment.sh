@@ -45,8 +45,7 @@ wait_all() {  # every background job, failing if any failed
 demos() {
   local name=$1
   shift
-  if [ ! -f "$OUT/$name/dataset/meta/info.json" ]; then
-    rm -rf "$OUT/$name"
+  if [ ! -f "$OUT/$name/dataset/meta/info.json" ]; then  # resumes an interrupted generation
     "$PYTHON" generate_libero_demos.py "${DEMOS[@]}" "$@" --output_dir "$OUT/$name"
   fi
 }

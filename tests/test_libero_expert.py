@@ -512,3 +512,47 @@ def test_plain_slots_before_the_recovery_slots_are_the_plain_runs_demonstrations
     a, b = LeRobotDataset(tmp_path / "plain/dataset"), LeRobotDataset(tmp_path / "mixed/dataset")
     length = a.episodes[0].length
     np.testing.assert_array_equal(a.column("action"), b.column("action")[:length])
+
+
+@pytest.mark.slow
+def test_an_interrupted_generation_resumes_with_the_demonstrations_of_an_uninterrupted_one(tmp_path, monkeypatch):
+    from fasvla.data.lerobot_dataset import LeRobotDataset
+
+    common = ["--task_suite_name", "libero_object", "--task_ids", "0", "--demos_per_task", "2", "--resolution",
+              "32", "--seed", "5", "--num_workers", "1"]
+    generate_libero_demos.main(common + ["--output_dir", str(tmp_path / "straight")])
+    run_jobs = generate_libero_demos.run_jobs
+
+    def stopping_after_one(jobs, options, num_workers, on_result):
+        def once(attempts):
+            on_result(attempts)
+            raise KeyboardInterrupt  # the session ends after the first demonstration
+        run_jobs(jobs[:1], options, num_workers, once)
+
+    monkeypatch.setattr(generate_libero_demos, "run_jobs", stopping_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        generate_libero_demos.main(common + ["--output_dir", str(tmp_path / "resumed")])
+    monkeypatch.setattr(generate_libero_demos, "run_jobs", run_jobs)
+    ran = []
+    monkeypatch.setattr(generate_libero_demos, "run_jobs",
+                        lambda jobs, *rest: ran.extend(jobs) or run_jobs(jobs, *rest))
+    summary = generate_libero_demos.main(common + ["--output_dir", str(tmp_path / "resumed")])
+    assert [job.demo_index for job in ran] == [1] and summary["overall"]["kept"] == 2
+    straight, resumed = LeRobotDataset(tmp_path / "straight/dataset"), LeRobotDataset(tmp_path / "resumed/dataset")
+    for column in ("action", "observation.state"):
+        np.testing.assert_array_equal(straight.column(column), resumed.column(column))
+    with pytest.raises(SystemExit, match="holds a finished run"):
+        generate_libero_demos.main(common + ["--output_dir", str(tmp_path / "resumed")])
+
+
+def test_a_folder_of_another_generation_is_refused(tmp_path):
+    common = ["--task_suite_name", "libero_object", "--task_ids", "0", "--demos_per_task", "1",
+              "--output_dir", str(tmp_path)]
+    args = generate_libero_demos.parse_args(common + ["--seed", "1"])
+    assert generate_libero_demos.resumed_attempts(tmp_path, args) == []  # a new run: its settings written
+    with pytest.raises(SystemExit, match="holds a run with other seed"):
+        generate_libero_demos.resumed_attempts(tmp_path, generate_libero_demos.parse_args(common + ["--seed", "2"]))
+    (tmp_path / "settings.json").unlink()
+    with pytest.raises(SystemExit, match="is not empty and holds no run to resume"):
+        (tmp_path / "other").write_text("x")
+        generate_libero_demos.resumed_attempts(tmp_path, args)
