@@ -167,7 +167,7 @@ def fit_feedback_matrix(model, dataset: LeRobotDataset, args) -> np.ndarray:
         states = normalizer.normalize_state(torch.as_tensor(dataset.column(args.state_key), dtype=torch.float32))
         actions = normalizer.normalize_action(torch.as_tensor(dataset.column(args.action_key), dtype=torch.float32))
     response = fit_state_response(states.numpy(), actions.numpy(), [e.start for e in dataset.episodes],
-                                  args.feedback_ridge)
+                                  args.feedback_ridge, model.config.absolute_action_dims)
     return response.G
 
 

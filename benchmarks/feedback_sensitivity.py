@@ -110,7 +110,8 @@ def main(argv=None) -> dict:
     dataset = LeRobotDataset.open(args.dataset)
     dataset.check(model.config.camera_names, args.state_key, args.action_key)
     states, actions = normalised(model, dataset.column(args.state_key), dataset.column(args.action_key))
-    response = fit_state_response(states, actions, [e.start for e in dataset.episodes], args.ridge)
+    response = fit_state_response(states, actions, [e.start for e in dataset.episodes], args.ridge,
+                                  model.config.absolute_action_dims)
     gains = measure(model, processor, dataset, held_out_rows(dataset, args), response.G, args)
     summary = group_summary(gains)
     print(report(summary, response, args.model))

@@ -47,6 +47,18 @@ def test_the_state_response_is_recovered_within_episodes_and_inverted():
         fit_state_response(states, actions, starts, ridge=-1.0)
 
 
+def test_the_ridge_bounds_every_gain_and_an_absolute_dimension_corrects_nothing():
+    B, states, actions, starts = response_data()
+    B_weak = B @ np.diag([1, 1, 1, 1, 1, 1, 1e-3])  # one action direction barely moves the state
+    for ridge in (0.01, 0.1):
+        singular = np.linalg.svd(ridge_pseudo_inverse(B_weak, ridge), compute_uv=False)
+        s_max = np.linalg.svd(B_weak, compute_uv=False)[0]
+        assert singular.max() <= 1 / (2 * np.sqrt(ridge) * s_max) + 1e-9  # s / (s^2 + ridge s_max^2) at most
+    fit = fit_state_response(states, actions, starts, ridge=0.0, absolute_dims=[6])
+    assert not fit.B[:, 6].any() and not fit.G[6].any()
+    np.testing.assert_allclose(fit.G @ fit.B, np.diag([1.0] * 6 + [0.0]), atol=1e-8)  # the others still undone
+
+
 class LinearFeedbackModel:
     """A streaming model whose action velocity is `v_A = -gain * kappa * G S_in + W A`: its corrective gain is `gain`
     along every state dimension, whatever A."""
