@@ -5,10 +5,11 @@
 
 On held-out frames (the validation episodes of the training split, as `train_accelerate.py` draws it, or every
 episode of a dataset the model never saw: `--unseen_dataset`) each frame is
-a chunk start: the model's prefix from its images, task and state, the trajectory point [A ; S_in] from the episode's
-cumulative action and its state. The fed-back state is displaced along each dimension and the change of the action
-velocity projected on the corrective direction -G e_d (G: the ridge pseudo-inverse of the state's response to the
-actions, fitted on the whole dataset): 1 = the action undoes the displacement at the rate the stabilising flow asks
+a chunk start: the model's prefix from its images, task and state, the trajectory point [A ; S_in] a chunk starts
+from (A_0 as the model's `trajectory_origin` and absolute dimensions say) and its state. The fed-back state is
+displaced along each dimension and the change of the action velocity projected on the corrective direction -G e_d
+(G: the model's own when it was trained with feedback-consistent stabilisation, else the ridge pseudo-inverse of the
+state's response to the actions, fitted on the whole dataset): 1 = the action undoes the displacement at the rate the stabilising flow asks
 for (kappa), 0 = it ignores it, < 0 = it makes it worse. Finite differences and autograd side by side; per group of
 state dimensions the median and interquartile range over frames and dimensions, and the median change of the action
 per unit displacement relative to its size. Writes `--output` (JSON) when given.
@@ -30,6 +31,7 @@ from fasvla.data.samples import cumulative_actions, episode_bounds, split_episod
 from fasvla.sensitivity import Gains, corrective_gains, group_summary  # noqa: E402
 from fasvla.state_response import DEFAULT_RIDGE, fit_state_response  # noqa: E402
 from fasvla.training import load_model_and_processor  # noqa: E402
+from flow_fasvla import trajectory_start  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -75,7 +77,10 @@ def held_out_rows(dataset: LeRobotDataset, args) -> np.ndarray:
 def measure(model, processor, dataset: LeRobotDataset, rows: np.ndarray, G: np.ndarray, args) -> Gains:
     """The gains of every held-out frame, batch by batch."""
     states, actions = dataset.column(args.state_key), dataset.column(args.action_key)
-    cumulative = cumulative_actions(actions, episode_bounds(dataset)[0])  # C_t of every row
+    starts = episode_bounds(dataset)[0]
+    cumulative = cumulative_actions(actions, starts)  # C_t of every row
+    previous = np.where((np.arange(len(actions)) > starts)[:, None], np.roll(actions, 1, axis=0), 0.0)  # a_{t-1}
+    absolute, origin = model.absolute_action_mask("cpu"), model.config.trajectory_origin
     cameras = model.config.camera_names
     parts = []
     for first in tqdm(range(0, len(rows), args.batch_size), desc="frames"):
@@ -83,7 +88,9 @@ def measure(model, processor, dataset: LeRobotDataset, rows: np.ndarray, G: np.n
         images = [np.stack([dataset.image(camera, int(row)) for row in batch]) for camera in cameras]
         inputs = processor(images=images, text=[dataset.task(int(row)) for row in batch], state=states[batch])
         cache = model.encode_observation(**inputs)
-        S, A = (torch.as_tensor(x) for x in normalised(model, states[batch], cumulative[batch]))
+        S, C = (torch.as_tensor(x) for x in normalised(model, states[batch], cumulative[batch]))
+        _, last = (torch.as_tensor(x) for x in normalised(model, states[batch], previous[batch]))
+        A = trajectory_start(C, last, absolute, origin)  # the trajectory point a chunk starts from
         parts.append(corrective_gains(model, cache, A, S, G, model.config.kappa, epsilon=args.epsilon))
     return Gains(*(np.concatenate([getattr(p, field) for p in parts]) for field in
                    ("finite_difference", "autograd", "relative_change")))
@@ -112,7 +119,9 @@ def main(argv=None) -> dict:
     states, actions = normalised(model, dataset.column(args.state_key), dataset.column(args.action_key))
     response = fit_state_response(states, actions, [e.start for e in dataset.episodes], args.ridge,
                                   model.config.absolute_action_dims)
-    gains = measure(model, processor, dataset, held_out_rows(dataset, args), response.G, args)
+    trained_G = model.config.feedback_matrix  # a stabilised model is measured against the G it was trained with
+    G = response.G if trained_G is None else np.asarray(trained_G)
+    gains = measure(model, processor, dataset, held_out_rows(dataset, args), G, args)
     summary = group_summary(gains)
     print(report(summary, response, args.model))
     if args.output:

@@ -113,6 +113,33 @@ def test_the_benchmark_reports_every_group_of_a_trained_models_held_out_frames(j
         assert group["gain_q25"] <= group["gain"] <= group["gain_q75"]
 
 
+def test_a_revision_2_model_is_measured_where_its_chunks_start_and_against_its_own_g(tmp_path, monkeypatch):
+    """trajectory_origin "chunk": A_0 = 0 on the integrated dimensions, the last command on the gripper; G: the one
+    in the model's config."""
+    from fasvla.tiny import tiny_model_and_processor
+
+    G = np.random.default_rng(0).normal(size=(7, 8))
+    model, processor = tiny_model_and_processor(seed=0, trajectory_origin="chunk", absolute_action_dims=[6],
+                                                center_state=True, feedback_kappa=1.0, feedback_matrix=G.tolist())
+    model.save_pretrained(tmp_path / "model")
+    processor.save_pretrained(tmp_path / "model")
+    root = write_synthetic_dataset(tmp_path / "data", storage="image", num_episodes=4, min_length=12, max_length=16,
+                                   image_size=32, seed=1)
+    seen = []
+
+    def recording(model, cache, A, S, G, kappa, epsilon):
+        seen.append((A.clone(), G))
+        return real(model, cache, A, S, G, kappa, epsilon=epsilon)
+
+    real = feedback_sensitivity.corrective_gains
+    monkeypatch.setattr(feedback_sensitivity, "corrective_gains", recording)
+    feedback_sensitivity.main(["--model", str(tmp_path / "model"), "--dataset", str(root), "--frames", "4",
+                               "--unseen_dataset", "--batch_size", "4"])
+    (A, used), = seen
+    assert not A[:, :6].any() and A[:, 6].abs().sum() > 0  # the gripper's last command, nothing integrated
+    np.testing.assert_array_equal(used, G)
+
+
 def test_a_model_that_is_not_fed_the_state_is_refused(tiny_models, tmp_path):
     model, processor = tiny_models("stream")
     model.save_pretrained(tmp_path / "model")
