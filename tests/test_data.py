@@ -737,3 +737,19 @@ def test_image_stats_accumulated_as_histograms_equal_those_of_the_sampled_pixels
     for name, value in expected.items():
         np.testing.assert_allclose(np.array(stats[name]).reshape(3), value, rtol=0, atol=1e-12, err_msg=name)
     assert stats["count"] == [sum(len(frames) for frames in sampled)]
+
+
+@pytest.mark.parametrize("version", ["v2.1", "v3.0"])
+def test_metadata_that_only_later_episodes_have_is_kept(tmp_path, version):
+    """Recovery demonstrations after plain ones: their metadata keys appear only from the second episode on."""
+    from fasvla.data.writer import EpisodeRecord, write_lerobot_dataset
+
+    rng = np.random.default_rng(0)
+    frames = lambda n: {STATE: rng.normal(size=(n, 8)).astype(np.float32),  # noqa: E731
+                        ACTION: rng.normal(size=(n, 7)).astype(np.float32)}
+    records = [EpisodeRecord("push the block", frames(5), {"slot": 0}),
+               EpisodeRecord("push the block", frames(6), {"slot": 1, "dart_noise": 0.2, "dart_pushes": 1})]
+    features = {key: {"dtype": "float32", "shape": [d], "names": None} for key, d in ((STATE, 8), (ACTION, 7))}
+    read = LeRobotDataset(write_lerobot_dataset(tmp_path, records, features, fps=10, version=version))
+    assert read.episodes[1].metadata == {"slot": 1, "dart_noise": 0.2, "dart_pushes": 1}
+    assert read.episodes[0].metadata["slot"] == 0 and read.episodes[0].metadata.get("dart_noise") is None

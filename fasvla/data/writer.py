@@ -311,7 +311,9 @@ def _write_v30_meta(root: Path, episodes: list[dict], rows: list[dict], plan: _P
     """meta/episodes, meta/tasks.parquet, meta/stats.json and meta/info.json."""
     path = root / V30_EPISODES_PATH.format(chunk_index=0, file_index=0)
     path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(rows), path, compression="snappy")
+    columns = dict.fromkeys(key for row in rows for key in row)  # pyarrow would take the first row's keys alone
+    pq.write_table(pa.Table.from_pylist([{key: row.get(key) for key in columns} for row in rows]), path,
+                   compression="snappy")
     # LeRobot reads the task string from the pandas index (`tasks.iloc[i].name`): the pandas metadata must be there.
     # Object dtypes keep that metadata as pandas 2, which LeRobot pins, writes it.
     frame = pd.DataFrame({"task_index": np.arange(len(plan.tasks), dtype=np.int64)},
