@@ -37,6 +37,9 @@ from flow_fasvla import trajectory_start  # noqa: E402
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="streaming FAS-VLA folder or Hub id")
+    p.add_argument("--weights", default=None,
+                   help="a training checkpoint's model.safetensors, measured with --model's config (the gain along "
+                        "training: a run's statistics and G are set before its first step)")
     p.add_argument("--dataset", required=True, help="LeRobot dataset (folder or Hub id), the model's training data")
     p.add_argument("--state_key", default="observation.state")
     p.add_argument("--action_key", default="action")
@@ -110,6 +113,10 @@ def report(summary: dict, response, model_name: str) -> str:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     model, processor = load_model_and_processor(args.model, "cpu")
+    if args.weights:
+        from safetensors.torch import load_file
+
+        model.load_state_dict(load_file(args.weights), strict=True)
     model.eval()
     if not model.config.uses_state_trajectory:
         raise ValueError(f"--model {args.model} has objective {model.config.objective!r}: only 'stream_joint' "

@@ -85,10 +85,17 @@ case "${1:-}" in
     ;;
   diagnose)
     for name in fas_stabilised fas_recovery fas_v1 fas_conditioning fas_recovery_delay; do
-      if [ -f "$OUT/runs/$name/model/config.json" ] && [ ! -f "$OUT/sensitivity_$name.json" ]; then
-        "$PYTHON" benchmarks/feedback_sensitivity.py --model "$OUT/runs/$name/model" \
-          --dataset "$OUT/${MODEL_DATA[$name]}/dataset" --frames 256 --output "$OUT/sensitivity_$name.json"
-      fi
+      [ -f "$OUT/runs/$name/model/config.json" ] || continue
+      sensitivity=(benchmarks/feedback_sensitivity.py --model "$OUT/runs/$name/model"
+                   --dataset "$OUT/${MODEL_DATA[$name]}/dataset")
+      [ -f "$OUT/sensitivity_$name.json" ] || \
+        "$PYTHON" "${sensitivity[@]}" --frames 256 --output "$OUT/sensitivity_$name.json"
+      for weights in "$OUT/runs/$name"/weights/step_*.safetensors; do  # along training (keep_weights.sh)
+        [ -f "$weights" ] || continue
+        step=$(basename "$weights" .safetensors)
+        [ -f "$OUT/sensitivity_${name}_$step.json" ] || "$PYTHON" "${sensitivity[@]}" --weights "$weights" \
+          --frames 128 --output "$OUT/sensitivity_${name}_$step.json"
+      done
     done
     ;;
   evaluate)

@@ -18,6 +18,7 @@ from fasvla.state_response import fit_state_response, ridge_pseudo_inverse
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import feedback_sensitivity  # noqa: E402
+from fasvla.tiny import tiny_model_and_processor  # noqa: E402
 
 
 def response_data(seed=0, episodes=(40, 25, 60)):
@@ -108,6 +109,16 @@ def test_the_benchmark_reports_every_group_of_a_trained_models_held_out_frames(j
                                          "--output", str(tmp_path / "gains.json")])
     written = json.loads((tmp_path / "gains.json").read_text())
     assert written["frames"] == 6 and set(summary) == set(STATE_GROUPS) == set(written["summary"])
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "weights.safetensors"))
+    other = tiny_model_and_processor(seed=5)[0]  # other weights under the same config
+    other.save_pretrained(tmp_path / "other")
+    processor.save_pretrained(tmp_path / "other")
+    again = feedback_sensitivity.main(["--model", str(tmp_path / "other"), "--weights",
+                                       str(tmp_path / "weights.safetensors"), "--dataset", str(root), "--frames",
+                                       "6", "--val_fraction", "0.25", "--batch_size", "4"])
+    assert again == summary  # the checkpoint's weights, not the folder's
     assert np.array(written["gains_autograd"]).shape == (6, 8)
     for group in summary.values():
         assert group["gain_q25"] <= group["gain"] <= group["gain_q75"]
