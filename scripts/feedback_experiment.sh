@@ -74,6 +74,7 @@ case "${1:-}" in
     ;;
   train)
     mkdir -p "$OUT/runs"
+    pgrep -f keep_run_weights.sh > /dev/null || (scripts/keep_run_weights.sh "$OUT" > /dev/null 2>&1 &)
     # the method's two full versions first (their diagnostics come before any simulation), then the baselines
     for pair in "fas_stabilised fas_recovery" "chunk chunk_recovery" "fas_v1 fas_conditioning" \
                 "chunk_recovery_delay fas_recovery_delay"; do
@@ -82,6 +83,8 @@ case "${1:-}" in
       train_one "$second" 1 &
       wait_all
     done
+    sleep 61  # the weights keeper's last pass
+    pkill -f keep_run_weights.sh || true
     ;;
   diagnose)
     for name in fas_stabilised fas_recovery fas_v1 fas_conditioning fas_recovery_delay; do
