@@ -129,6 +129,10 @@ class FasVLAConfig(PreTrainedConfig):
             G (action_dim x state_dim, normalised units): the action increments that remove a state displacement, the
             ridge pseudo-inverse of the state's response to the actions fitted on the training data
             (fasvla/state_response.py; `train_accelerate.py` fits it).
+        prefix_state_gate (`bool`, defaults to `True`):
+            Streaming objectives: the prefix's state token is multiplied by `tanh(g)`, `g` learned from 0 (the
+            reference release). `False`: the token enters as in SmolVLA, ungated, so the expert can compare the
+            state it is fed with the state of the observation from the first step on.
         max_observation_delay (`int`, defaults to 0):
             Training under inference delay (DESIGN.md section 5, revision 2): each sample's prefix (images and state
             token) is from frame `t - d`, `d` uniform in {0..max_observation_delay} (within the episode), while its
@@ -187,6 +191,7 @@ class FasVLAConfig(PreTrainedConfig):
     kappa_a: float | None = None
     feedback_matrix: list[list[float]] | None = None
     max_observation_delay: int = 0
+    prefix_state_gate: bool = True
 
     norm_stats: dict | None = None
     normalization: str | None = None
@@ -249,8 +254,9 @@ class FasVLAConfig(PreTrainedConfig):
 
     def _validate_trajectory(self):
         _check_choice("trajectory_origin", self.trajectory_origin, TRAJECTORY_ORIGINS)
-        if not isinstance(self.center_state, bool):
-            _fail("center_state", "a bool", self.center_state)
+        for name in ("center_state", "prefix_state_gate"):
+            if not isinstance(getattr(self, name), bool):
+                _fail(name, "a bool", getattr(self, name))
         dims = self.absolute_action_dims
         if not isinstance(dims, (list, tuple)) or len(set(dims)) != len(dims) or not all(
                 isinstance(d, int) and not isinstance(d, bool) and 0 <= d < self.action_dim for d in dims):

@@ -332,7 +332,8 @@ class FasVLAForActionPrediction(FasVLAPreTrainedModel):
         self.action_time_mlp_out = nn.Linear(expert_hidden, expert_hidden)
         # tanh(g) gates the prefix state token of the streaming objectives; g = 0 at the start, so the state first
         # enters through the suffix trajectory (as in the reference release). SmolVLA has no gate.
-        self.state_gate = nn.Parameter(torch.zeros(1)) if config.objective != "chunk" else None
+        gated = config.objective != "chunk" and getattr(config, "prefix_state_gate", True)
+        self.state_gate = nn.Parameter(torch.zeros(1)) if gated else None
 
         self.normalizer = Normalizer(config)
         self._suffix_layout = chunk_suffix_layout if config.objective == "chunk" else query_suffix_layout

@@ -71,6 +71,8 @@ def parse_args(argv=None):
                             help="kappa_fb of feedback-consistent stabilisation (G is fitted on the dataset)")
     trajectory.add_argument("--kappa_a", type=float, default=None, help="decay of the action noise (default kappa)")
     trajectory.add_argument("--feedback_ridge", type=float, default=DEFAULT_RIDGE, help="ridge of G's fit")
+    trajectory.add_argument("--no_prefix_state_gate", action="store_true",
+                            help="the prefix's state token ungated, as in SmolVLA (default: tanh(g), g from 0)")
     trajectory.add_argument("--max_observation_delay", type=int, default=None,
                             help="train under inference delay: each sample's prefix from frame t - d, d uniform in "
                                  "{0..D}, its trajectory from t (default: the model's, 0 for a new one)")
@@ -138,6 +140,7 @@ def build_model(args, dataset: LeRobotDataset):
     fields.update({k: getattr(args, k) for k in ("chunk_size", "num_flow_queries") if getattr(args, k)})
     fields.update(absolute_action_dims=list(args.absolute_action_dims), trajectory_origin=args.trajectory_origin,
                   center_state=args.center_state, feedback_kappa=args.feedback_kappa, kappa_a=args.kappa_a,
+                  prefix_state_gate=not args.no_prefix_state_gate,
                   feedback_matrix=placeholder_feedback_matrix(fields) if args.feedback_kappa > 0 else None)
     if "chunk_size" in fields:
         fields["n_action_steps"] = fields["chunk_size"]

@@ -174,6 +174,19 @@ def test_the_trajectory_starts_at_the_trajectory_state_and_the_prefix_keeps_the_
         FasVLAConfig(max_observation_delay=-1)
 
 
+def test_an_ungated_prefix_state_reaches_the_expert_from_the_start(inputs_of):
+    """The reference's gate starts closed (tanh(0) = 0): a new model's actions ignore the prefix's state token, and
+    the expert has nothing to compare the fed-back state with. Ungated, the token counts from the first step."""
+    for gated in (True, False):
+        model, inputs = model_with(inputs_of, objective="stream_joint", prefix_state_gate=gated)
+        targets = fake_targets(model.config, inputs["state"])
+        reference = loss_terms(model, inputs, {**targets, "trajectory_state": inputs["state"]})
+        moved = loss_terms(model, {**inputs, "state": inputs["state"] + 0.5},
+                           {**targets, "trajectory_state": inputs["state"]})
+        assert torch.equal(moved.v_t, reference.v_t) == gated
+        assert (model.state_gate is not None) == gated
+
+
 @pytest.mark.parametrize("overrides, field", [
     ({"trajectory_origin": "step"}, "trajectory_origin"),
     ({"absolute_action_dims": [7]}, "absolute_action_dims"),
@@ -182,6 +195,7 @@ def test_the_trajectory_starts_at_the_trajectory_state_and_the_prefix_keeps_the_
     ({"feedback_kappa": 1.0, "feedback_matrix": [[0.0] * 8] * 6}, "feedback_matrix"),
     ({"feedback_kappa": 1.0, "objective": "stream", "feedback_matrix": [[0.0] * 8] * 7}, "feedback_kappa"),
     ({"center_state": "yes"}, "center_state"),
+    ({"prefix_state_gate": 0}, "prefix_state_gate"),
     ({"kappa_a": -1.0}, "kappa_a"),
 ])
 def test_bad_trajectory_options_are_refused_by_name(overrides, field):
