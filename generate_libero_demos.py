@@ -202,6 +202,8 @@ def main(argv=None) -> dict:
                                 not args.record_after_success, output / "staging", args.recovery,
                                 args.dart_from_slot)
     attempts = finished_jobs_attempts(attempts, args.attempts_per_demo)
+    # rewritten with the finished jobs alone: a line cut short by the stop would swallow the next one appended
+    (output / "attempts.jsonl").write_text("".join(json.dumps(asdict(a)) + "\n" for a in attempts))
     done = {(a.suite, a.task_id, a.demo_index) for a in attempts}
     jobs = [job for job in make_jobs(args.task_suite_name, args.task_ids, args.demos_per_task, args.init_states)
             if (job.suite, job.task_id, job.demo_index) not in done]

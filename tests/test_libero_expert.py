@@ -532,12 +532,16 @@ def test_an_interrupted_generation_resumes_with_the_demonstrations_of_an_uninter
     monkeypatch.setattr(generate_libero_demos, "run_jobs", stopping_after_one)
     with pytest.raises(KeyboardInterrupt):
         generate_libero_demos.main(common + ["--output_dir", str(tmp_path / "resumed")])
+    with (tmp_path / "resumed" / "attempts.jsonl").open("a") as f:
+        f.write('{"suite": "libero_obj')  # the line being written when the session ended
     monkeypatch.setattr(generate_libero_demos, "run_jobs", run_jobs)
     ran = []
     monkeypatch.setattr(generate_libero_demos, "run_jobs",
                         lambda jobs, *rest: ran.extend(jobs) or run_jobs(jobs, *rest))
     summary = generate_libero_demos.main(common + ["--output_dir", str(tmp_path / "resumed")])
     assert [job.demo_index for job in ran] == [1] and summary["overall"]["kept"] == 2
+    lines = (tmp_path / "resumed" / "attempts.jsonl").read_text().splitlines()
+    assert {json.loads(line)["demo_index"] for line in lines} == {0, 1}  # every line whole again
     straight, resumed = LeRobotDataset(tmp_path / "straight/dataset"), LeRobotDataset(tmp_path / "resumed/dataset")
     for column in ("action", "observation.state"):
         np.testing.assert_array_equal(straight.column(column), resumed.column(column))
