@@ -6,11 +6,11 @@
 
 Policies: each chunk model (SmolVLA's execution: plan H actions, execute `n_action_steps` of them open loop) and each
 streaming model with open-loop, synchronous and anticipatory feedback (models are named `NAME=MODEL`; unnamed, a
-streaming model is "stream" and a chunk model "chunk"). Perturbations: none, delayed actions, an
-external push, action noise, and with `--inference_delays` the delay sweep (each chunk observed D actions before it
-starts; `delay_sweep.png`, and each policy at D against itself at D = 0). Every (perturbation, policy) condition is an `eval_libero.py` run over the same tasks
-and trials (`--first_trial` picks init states not trained on) in `<output_dir>/<perturbation>/<policy>/`; a rerun
-resumes what was interrupted. Writes `comparison.md`, `comparison.json` and `comparison.png`: success rates with
+streaming model is "stream" and a chunk model "chunk"). Perturbations: none, delayed actions, an external push,
+action noise, and with `--inference_delays` the delay sweep (each chunk observed D actions before it starts;
+`delay_sweep.png`, and each policy at D against itself at D = 0). Every (perturbation, policy) condition is an
+`eval_libero.py` run over the same tasks and trials (`--first_trial` picks init states not trained on) in
+`<output_dir>/<perturbation>/<policy>/`; a rerun resumes what was interrupted. Writes `comparison.md`, `comparison.json` and `comparison.png`: success rates with
 95% Wilson intervals, and paired differences between policies on the same episodes with an exact sign test.
 """
 

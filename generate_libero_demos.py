@@ -159,8 +159,8 @@ SETTINGS = ["task_suite_name", "task_ids", "demos_per_task", "init_states", "see
 
 
 def resumed_attempts(output: Path, args) -> list[Attempt]:
-    """The attempts an interrupted run of the same settings left in `output` (none for a new folder); refuses a
-    folder of other settings or a finished run."""
+    """The attempts an interrupted run of the same settings left in `output`; for a new folder none, after creating
+    it with the run's `settings.json`. Refuses a folder of other settings or a finished run."""
     settings = json.loads(json.dumps({name: getattr(args, name) for name in SETTINGS}))
     saved = output / "settings.json"
     if not saved.is_file():

@@ -550,9 +550,9 @@ class FasVLAForActionPrediction(FasVLAPreTrainedModel):
         cache = self.encode_prefix(pixel_values, input_ids, attention_mask, state, image_masks)
         objective_loss = self._chunk_loss if self.config.objective == "chunk" else self._stream_loss
         return objective_loss(
-            cache, state=state if trajectory_state is None else trajectory_state, actions=actions, action_is_pad=action_is_pad, future_states=future_states,
-            future_state_is_pad=future_state_is_pad, cumulative_action=cumulative_action,
-            previous_action=previous_action, noise=noise, time=time,
+            cache, state=state if trajectory_state is None else trajectory_state, actions=actions,
+            action_is_pad=action_is_pad, future_states=future_states, future_state_is_pad=future_state_is_pad,
+            cumulative_action=cumulative_action, previous_action=previous_action, noise=noise, time=time,
         )
 
     def _chunk_loss(self, cache, *, actions, action_is_pad, noise, time, **unused) -> FasVLAOutput:

@@ -9,10 +9,10 @@ a chunk start: the model's prefix from its images, task and state, the trajector
 from (A_0 as the model's `trajectory_origin` and absolute dimensions say) and its state. The fed-back state is
 displaced along each dimension and the change of the action velocity projected on the corrective direction -G e_d
 (G: the model's own when it was trained with feedback-consistent stabilisation, else the ridge pseudo-inverse of the
-state's response to the actions, fitted on the whole dataset): 1 = the action undoes the displacement at the rate the stabilising flow asks
-for (kappa), 0 = it ignores it, < 0 = it makes it worse. Finite differences and autograd side by side; per group of
-state dimensions the median and interquartile range over frames and dimensions, and the median change of the action
-per unit displacement relative to its size. Writes `--output` (JSON) when given.
+state's response to the actions, fitted on the whole dataset): 1 = the action undoes the displacement at the rate
+the stabilising flow asks for (kappa), 0 = it ignores it, < 0 = it makes it worse. Finite differences and autograd
+side by side; per group of state dimensions the median and interquartile range over frames and dimensions, and the
+median change of the action per unit displacement relative to its size. Writes `--output` (JSON) when given.
 """
 
 import argparse

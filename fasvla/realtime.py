@@ -209,7 +209,7 @@ class RealTimeRunner:
         if not period_s > 0:
             raise ValueError(f"period_s must be > 0, got {period_s!r}")
         self.driver = StreamDriver(model, feedback_mode, n_action_steps, inference_delay=prefix_lead)
-        self.period_s, self.prefix_lead = period_s, prefix_lead
+        self.period_s = period_s
         self.clock = clock or SystemClock()
         self.worker = worker or ThreadWorker(self.clock)
         self.timings: list[ActionTiming] = []

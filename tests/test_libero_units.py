@@ -334,8 +334,10 @@ def test_the_delay_sweep_adds_a_condition_per_delay_and_pairs_each_policy_with_i
                 ("inference delay 4", "chunk"): {("s", 0, i): i < 1 for i in range(4)}}
     costs = delay_differences(outcomes, [chunk], [0, 1, 4])
     assert [(d["pair"], d["perturbation"]) for d in costs] == [
-        (["chunk at D=1", "chunk at D=0"], "inference delay 1"), (["chunk at D=4", "chunk at D=0"], "inference delay 4")]
-    assert costs[0]["paired"] is None and costs[1]["paired"]["difference"] == -0.75 and costs[1]["paired"]["losses"] == 3
+        (["chunk at D=1", "chunk at D=0"], "inference delay 1"),
+        (["chunk at D=4", "chunk at D=0"], "inference delay 4")]
+    assert costs[0]["paired"] is None
+    assert costs[1]["paired"]["difference"] == -0.75 and costs[1]["paired"]["losses"] == 3
     summaries = {(name, "chunk"): {"overall": {"success_rate": rate, "ci95": [rate - 0.1, rate + 0.1]}}
                  for name, rate in (("nominal", 0.9), ("inference delay 1", 0.8), ("inference delay 4", 0.3))}
     assert delay_sweep_figure(summaries, [chunk], [0, 1, 4], tmp_path / "sweep.png").stat().st_size > 5000

@@ -415,4 +415,5 @@ class ChunkQueue:
         return self._queue.pop(0)
 
 
-__all__ = ["ActionStream", "ChunkQueue", "EpisodeStreamer", "PreparedChunk", "StreamOptions", "StreamStep", "as_batch", "stream_options"]
+__all__ = ["ActionStream", "ChunkQueue", "EpisodeStreamer", "PreparedChunk", "StreamOptions", "StreamStep", "as_batch",
+           "stream_options"]

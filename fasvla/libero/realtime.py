@@ -8,6 +8,7 @@ later. A tick that starts with no new action holds the arm (no end-effector moti
 and still counts against the step limit: a policy that is slow in real time pays for it in the episode.
 """
 
+import bisect
 import math
 import time
 from dataclasses import dataclass
@@ -90,7 +91,7 @@ class LiberoRobot:
         images = observation.images  # rendered now, while the simulator holds tick n's frame
         self.observed.add(n)
         self.clock.sleep_until(self._tick_time(n) + self.latency_s)
-        frame = sum(tick < n for tick in self.action_ticks)  # the actions executed before tick n
+        frame = bisect.bisect_left(self.action_ticks, n)  # the actions executed before tick n (ticks increase)
         return {"images": images, "state": observation.state, "frame": frame}
 
     def execute(self, action: np.ndarray) -> float | None:
