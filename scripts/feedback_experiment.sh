@@ -4,8 +4,10 @@
 #
 #   scripts/feedback_experiment.sh demos        # the plain and the recovery demonstrations (about 45 min, 2 cores)
 #   scripts/feedback_experiment.sh train        # the eight models, two at a time on one core each (about 4 h)
+#   scripts/feedback_experiment.sh train chunk chunk_recovery   # only these, in pairs
 #   scripts/feedback_experiment.sh diagnose     # the corrective gain of each FAS-VLA model trained so far
-#   scripts/feedback_experiment.sh evaluate     # every model, mode and perturbation on the same 50 episodes (~2.5 h)
+#   scripts/feedback_experiment.sh evaluate     # every model trained so far, mode and perturbation on the same 50
+#                                               # episodes (~2.5 h for all eight; a later run adds the new ones)
 #   scripts/feedback_experiment.sh sweep        # the inference-delay sweep, with and without delay training (~1 h)
 #   scripts/feedback_experiment.sh realtime     # real time, prefix pipelining on (the default) and off (~30 min)
 #
@@ -60,6 +62,12 @@ train_one() {  # train_one NAME CORE
     --num_workers 0 --report_to none --seed 0 --resume_from_checkpoint latest > "$OUT/runs/$name.log" 2>&1
 }
 
+trained() {  # trained NAME...: NAME=FOLDER for each model whose training finished
+  for name in "$@"; do
+    [ ! -f "$OUT/runs/$name/model/config.json" ] || echo "$name=$OUT/runs/$name/model"
+  done
+}
+
 compare() {  # compare FOLDER CORES [compare_libero.py arguments]: pinned to CORES, into $OUT/FOLDER
   local folder=$1 cores=$2
   shift 2
@@ -75,12 +83,14 @@ case "${1:-}" in
   train)
     mkdir -p "$OUT/runs"
     pgrep -f keep_run_weights.sh > /dev/null || (scripts/keep_run_weights.sh "$OUT" > /dev/null 2>&1 &)
+    shift
     # the method's two full versions first (their diagnostics come before any simulation), then the baselines
-    for pair in "fas_stabilised fas_recovery" "chunk chunk_recovery" "fas_v1 fas_conditioning" \
-                "chunk_recovery_delay fas_recovery_delay"; do
-      read -r first second <<< "$pair"
-      train_one "$first" 0 &
-      train_one "$second" 1 &
+    names=("$@")
+    [ ${#names[@]} -gt 0 ] || names=(fas_stabilised fas_recovery chunk chunk_recovery fas_v1 fas_conditioning
+                                     chunk_recovery_delay fas_recovery_delay)
+    for ((i = 0; i < ${#names[@]}; i += 2)); do
+      train_one "${names[i]}" 0 &
+      [ -z "${names[i + 1]:-}" ] || train_one "${names[i + 1]}" 1 &
       wait_all
     done
     sleep 61  # the weights keeper's last pass
@@ -102,9 +112,11 @@ case "${1:-}" in
     done
     ;;
   evaluate)
-    models=(--stream_model fas_v1="$OUT/runs/fas_v1/model" fas_conditioning="$OUT/runs/fas_conditioning/model"
-            fas_stabilised="$OUT/runs/fas_stabilised/model" fas_recovery="$OUT/runs/fas_recovery/model"
-            --chunk_model chunk="$OUT/runs/chunk/model" chunk_recovery="$OUT/runs/chunk_recovery/model")
+    mapfile -t stream < <(trained fas_v1 fas_conditioning fas_stabilised fas_recovery)
+    mapfile -t chunk < <(trained chunk chunk_recovery)
+    models=()
+    [ ${#stream[@]} -eq 0 ] || models+=(--stream_model "${stream[@]}")
+    [ ${#chunk[@]} -eq 0 ] || models+=(--chunk_model "${chunk[@]}")
     perturbed=(--action_noise 0.1 --action_delay 2 --push 40 0 60 0 4)
     compare evaluation 0 "${models[@]}" "${perturbed[@]}" --perturbations nominal "action delay" &
     compare evaluation 1 "${models[@]}" "${perturbed[@]}" --perturbations push "action noise" &
