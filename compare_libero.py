@@ -21,9 +21,9 @@ from pathlib import Path
 
 import eval_libero
 from fasvla.libero.comparison import (comparison_figure, comparison_table, condition_arguments, condition_folder,
-                                      delay_differences, delay_sweep_figure, episode_seconds, inference_delay_name,
-                                      make_policies, outcomes_of, paired_differences, paired_table, perturbations,
-                                      read_condition)
+                                      delay_differences, delay_sweep_figure, delay_table, episode_seconds,
+                                      inference_delay_name, make_policies, outcomes_of, paired_differences,
+                                      paired_table, perturbations, read_condition)
 
 
 def parse_args(argv=None):
@@ -100,8 +100,7 @@ def main(argv=None) -> dict:
     table += "\n" + paired_table(differences, args.conditions)
     if args.delays:
         delay_costs = delay_differences(outcomes, chosen, args.delays)
-        swept = [inference_delay_name(d) for d in args.delays if d > 0]
-        table += "\n" + paired_table(delay_costs, swept, "Each policy at inference delay D against itself at D = 0")
+        table += "\n" + delay_table(delay_costs, args.delays)
         differences += delay_costs
         delay_sweep_figure(summaries, chosen, args.delays, root / "delay_sweep.png")
     wall = time.perf_counter() - started

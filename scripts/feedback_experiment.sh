@@ -68,6 +68,22 @@ trained() {  # trained NAME...: NAME=FOLDER for each model whose training finish
   done
 }
 
+model_arguments() {  # model_arguments STREAMING CHUNK [MODE...]: sets models to the compare_libero.py options of
+  # those models trained so far; with MODEs, only those modes of the streaming ones
+  local streaming chunk_names name mode
+  mapfile -t streaming < <(trained $1)
+  mapfile -t chunk_names < <(trained $2)
+  shift 2
+  models=()
+  [ ${#streaming[@]} -eq 0 ] || models+=(--stream_model "${streaming[@]}")
+  [ ${#chunk_names[@]} -eq 0 ] || models+=(--chunk_model "${chunk_names[@]}")
+  [ $# -gt 0 ] || return 0
+  models+=(--policies "${chunk_names[@]%%=*}")
+  for name in "${streaming[@]%%=*}"; do
+    for mode in "$@"; do models+=("$name $mode"); done
+  done
+}
+
 compare() {  # compare FOLDER CORES [compare_libero.py arguments]: pinned to CORES, into $OUT/FOLDER
   local folder=$1 cores=$2
   shift 2
@@ -112,11 +128,7 @@ case "${1:-}" in
     done
     ;;
   evaluate)
-    mapfile -t stream < <(trained fas_v1 fas_conditioning fas_stabilised fas_recovery)
-    mapfile -t chunk < <(trained chunk chunk_recovery)
-    models=()
-    [ ${#stream[@]} -eq 0 ] || models+=(--stream_model "${stream[@]}")
-    [ ${#chunk[@]} -eq 0 ] || models+=(--chunk_model "${chunk[@]}")
+    model_arguments "fas_v1 fas_conditioning fas_stabilised fas_recovery" "chunk chunk_recovery"
     perturbed=(--action_noise 0.1 --action_delay 2 --push 40 0 60 0 4)
     compare evaluation 0 "${models[@]}" "${perturbed[@]}" --perturbations nominal "action delay" &
     compare evaluation 1 "${models[@]}" "${perturbed[@]}" --perturbations push "action noise" &
@@ -124,12 +136,7 @@ case "${1:-}" in
     compare evaluation 0-1 "${models[@]}" "${perturbed[@]}"
     ;;
   sweep)
-    models=(--stream_model fas_recovery="$OUT/runs/fas_recovery/model"
-            fas_recovery_delay="$OUT/runs/fas_recovery_delay/model"
-            --chunk_model chunk_recovery="$OUT/runs/chunk_recovery/model"
-            chunk_recovery_delay="$OUT/runs/chunk_recovery_delay/model"
-            --policies chunk_recovery chunk_recovery_delay "fas_recovery open loop" "fas_recovery anticipatory"
-            "fas_recovery_delay open loop" "fas_recovery_delay anticipatory")
+    model_arguments "fas_recovery fas_recovery_delay" "chunk_recovery chunk_recovery_delay" "open loop" anticipatory
     compare sweep 0 "${models[@]}" --perturbations nominal --inference_delays 1 2 &
     compare sweep 1 "${models[@]}" --perturbations --inference_delays 4 8 &
     wait_all

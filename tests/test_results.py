@@ -5,42 +5,73 @@ from pathlib import Path
 
 import pytest
 
-from fasvla.libero.comparison import (POLICIES, comparison_table, condition_folder, outcomes_of, paired_differences,
-                                      paired_table, read_condition)
+from compare_libero import named_models
+from fasvla.libero.comparison import (POLICIES, Policy, comparison_table, condition_folder, delay_differences,
+                                      delay_table, make_policies, outcomes_of, paired_differences, paired_table,
+                                      read_condition)
 from fasvla.libero.episode import EpisodeResult
 from fasvla.libero.evaluation import summarize
 
 ROOT = Path(__file__).resolve().parents[1]
-# folder -> (perturbations, policies) of each comparison in RESULTS.md
-COMPARISONS = {ROOT / "results" / "libero_object": (["nominal", "action delay", "push", "action noise"], POLICIES),
-               ROOT / "results" / "libero_object_real_time": (["nominal"], POLICIES[1:])}
-CONDITIONS = sorted(path for folder in COMPARISONS for path in folder.glob("*/*/results.json"))
+RESULTS = ROOT / "results"
+# the first study's comparisons, from before comparison.json recorded every condition: folder -> (conditions,
+# policies); its episodes ran on init states 40-44 (the demonstrations used 0-19)
+FIRST_STUDY = {RESULTS / "libero_object": (["nominal", "action delay", "push", "action noise"], POLICIES),
+               RESULTS / "libero_object_real_time": (["nominal"], POLICIES[1:])}
+# the feedback experiment (results/feedback_v2/PLAN.md): init states 0-9, demonstrations from random resets
+FEEDBACK_EXPERIMENT = [RESULTS / "feedback_v2" / name for name in ("evaluation",)]
+INIT_STATES = {folder: range(40, 45) for folder in FIRST_STUDY} | {folder: range(10) for folder in FEEDBACK_EXPERIMENT}
 
 
-def test_every_condition_of_both_comparisons_is_shipped():
-    assert len(CONDITIONS) == sum(len(perturbations) * len(policies) for perturbations, policies in
-                                  COMPARISONS.values())
+def comparison_of(folder: Path) -> tuple[list[str], list[Policy], list[int]]:
+    """A shipped comparison's conditions, policies and swept inference delays, as its comparison.json ran them."""
+    if folder in FIRST_STUDY:
+        return (*FIRST_STUDY[folder], [])
+    arguments = json.loads((folder / "comparison.json").read_text())["arguments"]
+    policies = make_policies(list(named_models(arguments["stream_model"], "stream")),
+                             list(named_models(arguments["chunk_model"], "chunk")))
+    chosen = [policy for policy in policies if arguments["policies"] is None or policy.name in arguments["policies"]]
+    return arguments["conditions"], chosen, arguments["delays"]
+
+
+def shipped_episodes(folder: Path):
+    conditions, policies, _ = comparison_of(folder)
+    summaries, outcomes = {}, {}
+    for condition in conditions:
+        for policy in policies:
+            data = read_condition(condition_folder(folder, condition, policy))
+            summaries[(condition, policy.name)] = data["summary"]
+            outcomes[(condition, policy.name)] = outcomes_of(data["episodes"])
+    return summaries, outcomes
+
+
+CONDITIONS = sorted(path for folder in INIT_STATES for path in folder.glob("*/*/results.json"))
+
+
+@pytest.mark.parametrize("folder", list(INIT_STATES), ids=lambda p: p.name)
+def test_every_condition_of_each_comparison_is_shipped(folder):
+    conditions, policies, _ = comparison_of(folder)
+    expected = {condition_folder(folder, c, p) / "results.json" for c in conditions for p in policies}
+    assert set(folder.glob("*/*/results.json")) == expected
 
 
 @pytest.mark.parametrize("path", CONDITIONS, ids=lambda p: "/".join(p.parts[-4:-1]))
 def test_each_summary_is_recomputed_from_its_episodes(path):
     data = json.loads(path.read_text())
     episodes = [EpisodeResult(**e) for e in data["episodes"]]
-    assert {e.init_state_id for e in episodes} == set(range(40, 45))  # held out: demonstrations used 0-19
+    folder = path.parents[2]
+    assert {e.init_state_id for e in episodes} == set(INIT_STATES[folder])  # never 45-49, the independent check
     recomputed = summarize(episodes)
     for key in ("overall", "per_task"):
         assert recomputed[key] == data["summary"][key]
 
 
-@pytest.mark.parametrize("folder", list(COMPARISONS), ids=lambda p: p.name)
+@pytest.mark.parametrize("folder", list(INIT_STATES), ids=lambda p: p.name)
 def test_the_tables_in_results_md_are_the_ones_the_shipped_episodes_give(folder):
-    perturbations, policies = COMPARISONS[folder]
-    summaries, outcomes = {}, {}
-    for perturbation in perturbations:
-        for policy in policies:
-            condition = read_condition(condition_folder(folder, perturbation, policy))
-            summaries[(perturbation, policy.name)] = condition["summary"]
-            outcomes[(perturbation, policy.name)] = outcomes_of(condition["episodes"])
+    conditions, policies, delays = comparison_of(folder)
+    summaries, outcomes = shipped_episodes(folder)
     text = (ROOT / "RESULTS.md").read_text()
-    assert comparison_table(summaries, policies, perturbations) in text
-    assert paired_table(paired_differences(outcomes, policies, perturbations), perturbations) in text
+    assert comparison_table(summaries, policies, conditions) in text
+    assert paired_table(paired_differences(outcomes, policies, conditions), conditions) in text
+    if delays:
+        assert delay_table(delay_differences(outcomes, policies, delays), delays) in text

@@ -73,6 +73,12 @@ def delay_differences(outcomes: dict[tuple[str, str], dict], policies: list[Poli
             for policy in policies for d in delays if d > 0]
 
 
+def delay_table(delay_costs: list[dict], delays: list[int]) -> str:
+    """Markdown of `delay_differences`: one row per policy and delay, one column per swept delay."""
+    swept = [inference_delay_name(d) for d in delays if d > 0]
+    return paired_table(delay_costs, swept, "Each policy at inference delay D against itself at D = 0")
+
+
 def condition_folder(root: Path, perturbation: str, policy: Policy) -> Path:
     return Path(root) / perturbation.replace(" ", "_") / policy.name.replace(" ", "_")
 
