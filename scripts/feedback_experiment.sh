@@ -7,7 +7,8 @@
 #   scripts/feedback_experiment.sh train chunk chunk_recovery   # only these, in pairs
 #   scripts/feedback_experiment.sh diagnose     # the corrective gain of each FAS-VLA model trained so far
 #   scripts/feedback_experiment.sh evaluate     # every model trained so far, mode and perturbation on the same 50
-#                                               # episodes (~2.5 h for all eight; a later run adds the new ones)
+#                                               # episodes (~2 h for four models; a later run adds the new ones)
+#   scripts/feedback_experiment.sh evaluate chunk "fas_recovery anticipatory"   # only these policies
 #   scripts/feedback_experiment.sh sweep        # the inference-delay sweep, with and without delay training (~1 h)
 #   scripts/feedback_experiment.sh realtime     # real time, prefix pipelining on (the default) and off (~30 min)
 #
@@ -128,7 +129,9 @@ case "${1:-}" in
     done
     ;;
   evaluate)
+    shift
     model_arguments "fas_v1 fas_conditioning fas_stabilised fas_recovery" "chunk chunk_recovery"
+    [ $# -eq 0 ] || models+=(--policies "$@")
     perturbed=(--action_noise 0.1 --action_delay 2 --push 40 0 60 0 4)
     compare evaluation 0 "${models[@]}" "${perturbed[@]}" --perturbations nominal "action delay" &
     compare evaluation 1 "${models[@]}" "${perturbed[@]}" --perturbations push "action noise" &
