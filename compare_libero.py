@@ -10,8 +10,10 @@ streaming model is "stream" and a chunk model "chunk"). Perturbations: none, del
 action noise, and with `--inference_delays` the delay sweep (each chunk observed D actions before it starts;
 `delay_sweep.png`, and each policy at D against itself at D = 0). Every (perturbation, policy) condition is an
 `eval_libero.py` run over the same tasks and trials (`--first_trial` picks init states not trained on) in
-`<output_dir>/<perturbation>/<policy>/`; a rerun resumes what was interrupted. Writes `comparison.md`, `comparison.json` and `comparison.png`: success rates with
-95% Wilson intervals, and paired differences between policies on the same episodes with an exact sign test.
+`<output_dir>/<perturbation>/<policy>/`; a rerun resumes what was interrupted (`--report_only` runs nothing and
+reports the conditions that have finished). Writes `comparison.md`, `comparison.json` and `comparison.png`: success
+rates with 95% Wilson intervals, and paired differences between policies on the same episodes with an exact sign
+test.
 """
 
 import argparse
@@ -45,6 +47,9 @@ def parse_args(argv=None):
                    help="the delay sweep: a condition per inference delay D (eval_libero.py --inference_delay; "
                         "0 is nominal), each policy's success against D in delay_sweep.png")
     p.add_argument("--output_dir", default="outputs/libero_comparison")
+    p.add_argument("--report_only", action="store_true",
+                   help="run nothing: the tables and figures of the conditions that have finished, the others "
+                        "'not run' (a look at a comparison still running, or a report of part of one)")
     args, common = p.parse_known_args(argv)  # the rest goes to every eval_libero.py run (tasks, trials, ...)
     for forbidden in ("--model", "--feedback_mode", "--output_dir", "--action_delay", "--push_step", "--action_noise"):
         if forbidden in common:
@@ -89,8 +94,9 @@ def main(argv=None) -> dict:
     for perturbation in args.conditions:
         for policy in chosen:
             folder = condition_folder(root, perturbation, policy)
-            print(f"\n== {perturbation} / {policy.name} -> {folder}", flush=True)
-            eval_libero.main(condition_arguments(policy, models, arguments[perturbation], args.common, folder))
+            if not args.report_only:
+                print(f"\n== {perturbation} / {policy.name} -> {folder}", flush=True)
+                eval_libero.main(condition_arguments(policy, models, arguments[perturbation], args.common, folder))
             condition = read_condition(folder)
             summaries[(perturbation, policy.name)] = condition.get("summary", {})
             outcomes[(perturbation, policy.name)] = outcomes_of(condition.get("episodes", []))

@@ -93,3 +93,17 @@ def group_summary(gains: Gains, groups: dict[str, tuple[int, ...]] = STATE_GROUP
                          "gain_finite_difference": float(np.median(numeric)),
                          "relative_action_change": float(np.median(gains.relative_change[:, dims]))}
     return summary
+
+
+def gains_table(summaries: dict[str, dict[str, dict[str, float]]]) -> str:
+    """Markdown of several models' `group_summary`s: per model the median gain [q25, q75] of each state group, and
+    the action's change per unit displacement of the position."""
+    groups = list(STATE_GROUPS)
+    rows = ["| model | " + " | ".join(groups) + " | action change per unit (position) |",
+            "|---|" + "---|" * (len(groups) + 1)]
+    for name, summary in summaries.items():
+        cells = [f"{s['gain']:.3f} [{s['gain_q25']:.3f}, {s['gain_q75']:.3f}]" if (s := summary.get(g)) else "-"
+                 for g in groups]
+        change = 100 * summary["position"]["relative_action_change"]
+        rows.append(f"| {name} | " + " | ".join(cells) + f" | {change:.0f}% |")
+    return "\n".join(rows) + "\n"

@@ -183,6 +183,12 @@ def test_the_feedback_comparison_runs_every_condition_and_resumes(tmp_path, tiny
     before = lines()
     compare_libero.main(argv)  # everything done: nothing runs again
     assert lines() == before
+    reported = compare_libero.main(argv + ["--perturbations", "nominal", "action noise", "--report_only"])
+    assert lines() == before and not (tmp_path / "cmp" / "action_noise").exists()  # reported, not run
+    assert reported["action noise", "chunk"] == {}
+    assert reported["nominal", "chunk"]["overall"] == summaries["nominal", "chunk"]["overall"]
+    report = (tmp_path / "cmp" / "comparison.md").read_text()
+    assert "| chunk | 0.0% [0, 79] (1) | not run | 0.0% [0, 79] (1) |" in report
 
 
 def test_an_episode_depends_on_its_own_seed_not_on_the_episodes_before_it(model):

@@ -11,6 +11,7 @@ from fasvla.libero.comparison import (POLICIES, Policy, comparison_table, condit
                                       read_condition)
 from fasvla.libero.episode import EpisodeResult
 from fasvla.libero.evaluation import summarize
+from fasvla.sensitivity import gains_table
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "results"
@@ -20,6 +21,10 @@ FIRST_STUDY = {RESULTS / "libero_object": (["nominal", "action delay", "push", "
                RESULTS / "libero_object_real_time": (["nominal"], POLICIES[1:])}
 # the feedback experiment (results/feedback_v2/PLAN.md): init states 0-9, demonstrations from random resets
 FEEDBACK_EXPERIMENT = [RESULTS / "feedback_v2" / name for name in ("evaluation",)]
+# the corrective gains in RESULTS.md, each model on the same unseen demonstrations (benchmarks/feedback_sensitivity.py)
+GAINS = {"first version (shipped)": RESULTS / "feedback_v2" / "sensitivity_shipped_fasvla.json",
+         "`fas_stabilised`": RESULTS / "feedback_v2" / "sensitivity" / "fas_stabilised_unseen.json",
+         "`fas_recovery`": RESULTS / "feedback_v2" / "sensitivity" / "fas_recovery_unseen.json"}
 INIT_STATES = {folder: range(40, 45) for folder in FIRST_STUDY} | {folder: range(10) for folder in FEEDBACK_EXPERIMENT}
 
 
@@ -75,3 +80,11 @@ def test_the_tables_in_results_md_are_the_ones_the_shipped_episodes_give(folder)
     assert paired_table(paired_differences(outcomes, policies, conditions), conditions) in text
     if delays:
         assert delay_table(delay_differences(outcomes, policies, delays), delays) in text
+
+
+def test_the_corrective_gains_in_results_md_are_the_shipped_measurements():
+    measurements = {name: json.loads(path.read_text()) for name, path in GAINS.items()}
+    assert len({m["dataset"] for m in measurements.values()}) == 1  # the same frames for every model
+    assert {m["frames"] for m in measurements.values()} == {256}
+    table = gains_table({name: m["summary"] for name, m in measurements.items()})
+    assert table in (ROOT / "RESULTS.md").read_text()

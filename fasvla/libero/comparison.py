@@ -180,7 +180,8 @@ def _cost_cell(entry: dict | None) -> str:
 
 def comparison_figure(summaries: dict[tuple[str, str], dict], policies: list[Policy], perturbations: list[str],
                       path: Path) -> Path:
-    """Grouped bars of the success rates with their 95% intervals, one group per perturbation."""
+    """Grouped bars of the success rates with their 95% intervals, one group per perturbation (none where a
+    condition has not run)."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
@@ -190,7 +191,7 @@ def comparison_figure(summaries: dict[tuple[str, str], dict], policies: list[Pol
     width = 0.8 / len(policies)
     for index, policy in enumerate(policies):
         entries = [summaries.get((p, policy.name), {}).get("overall") for p in perturbations]
-        rates = [100 * e["success_rate"] if e else 0.0 for e in entries]
+        rates = [100 * e["success_rate"] if e else math.nan for e in entries]  # a condition not run: no bar
         errors = [[100 * (e["success_rate"] - e["ci95"][0]) if e else 0.0 for e in entries],
                   [100 * (e["ci95"][1] - e["success_rate"]) if e else 0.0 for e in entries]]
         positions = [group + (index - (len(policies) - 1) / 2) * width for group in range(len(perturbations))]
