@@ -139,7 +139,8 @@ case "${1:-}" in
     compare evaluation 0-1 "${models[@]}" "${perturbed[@]}"
     ;;
   sweep)
-    model_arguments "fas_recovery fas_recovery_delay" "chunk_recovery chunk_recovery_delay" "open loop" anticipatory
+    model_arguments "fas_stabilised fas_recovery fas_recovery_delay" "chunk chunk_recovery chunk_recovery_delay" \
+      "open loop" anticipatory
     compare sweep 0 "${models[@]}" --perturbations nominal --inference_delays 1 2 &
     compare sweep 1 "${models[@]}" --perturbations --inference_delays 4 8 &
     wait_all
