@@ -39,19 +39,6 @@ def comparison_of(folder: Path) -> tuple[list[str], list[Policy], list[int]]:
     return arguments["conditions"], chosen, arguments["delays"]
 
 
-def shipped_episodes(folder: Path):
-    conditions, policies, _ = comparison_of(folder)
-    summaries, outcomes = {}, {}
-    finished = finished_conditions(folder)
-    for condition in conditions:
-        for policy in policies:
-            if (condition, policy.name) in finished:
-                data = read_condition(condition_folder(folder, condition, policy))
-                summaries[(condition, policy.name)] = data["summary"]
-                outcomes[(condition, policy.name)] = outcomes_of(data["episodes"])
-    return summaries, outcomes
-
-
 CONDITIONS = sorted(path for folder in INIT_STATES for path in folder.glob("*/*/results.json"))
 
 
@@ -63,6 +50,19 @@ def finished_conditions(folder: Path) -> set[tuple[str, str]]:
         return {(c, p.name) for c in conditions for p in policies}
     reported = json.loads((folder / "comparison.json").read_text())["conditions"]
     return {(c["perturbation"], c["policy"]) for c in reported if c["summary"]}
+
+
+def shipped_episodes(folder: Path):
+    conditions, policies, _ = comparison_of(folder)
+    summaries, outcomes = {}, {}
+    finished = finished_conditions(folder)
+    for condition in conditions:
+        for policy in policies:
+            if (condition, policy.name) in finished:
+                data = read_condition(condition_folder(folder, condition, policy))
+                summaries[(condition, policy.name)] = data["summary"]
+                outcomes[(condition, policy.name)] = outcomes_of(data["episodes"])
+    return summaries, outcomes
 
 
 @pytest.mark.parametrize("folder", list(INIT_STATES), ids=lambda p: p.name)
