@@ -2,13 +2,17 @@
 # The feedback experiment of results/feedback_v2/PLAN.md (issue 16), stage by stage; every stage is skipped when its
 # output exists and resumes where it stopped otherwise, so the experiment spans sessions:
 #
-#   scripts/feedback_experiment.sh demos        # the plain and the recovery demonstrations (about 45 min, 2 cores)
+#   scripts/feedback_experiment.sh demos        # the plain and the recovery demonstrations (about 90 min, 2 cores)
+#   scripts/feedback_experiment.sh demos_unseen # 12 demonstrations for the diagnostics, no model's (about 4 min)
+#   scripts/feedback_experiment.sh demos_no_delay   # recovery demonstrations without the actuation delay (PLAN
+#                                               # item 10, the braking test; about 50 min)
 #   scripts/feedback_experiment.sh train        # the eight models, two at a time on one core each (about 4 h)
 #   scripts/feedback_experiment.sh train chunk chunk_recovery   # only these, in pairs
 #   scripts/feedback_experiment.sh diagnose     # the corrective gain of each FAS-VLA model trained so far
 #   scripts/feedback_experiment.sh evaluate     # every model trained so far, mode and perturbation on the same 50
 #                                               # episodes (~2 h for four models; a later run adds the new ones)
 #   scripts/feedback_experiment.sh evaluate chunk "fas_recovery anticipatory"   # only these policies
+#   scripts/feedback_experiment.sh braking_test # fas_recovery_no_delay nominally, every mode (~10 min)
 #   scripts/feedback_experiment.sh sweep        # the inference-delay sweep, with and without delay training (~1 h)
 #   scripts/feedback_experiment.sh realtime     # real time, prefix pipelining on (the default) and off (~30 min)
 #
@@ -22,20 +26,22 @@ export HF_HUB_OFFLINE=1 MUJOCO_GL=${MUJOCO_GL:-egl}
 DEMOS=(--task_suite_name libero_object --task_ids 0 1 2 3 4 --resolution 128 --num_workers 2 --seed 0)
 RECOVERY=(--dart_from_slot 20 --dart_noise 0.3 --dart_delay 2 --dart_push_probability 0.01 --dart_push_force 60
           --dart_push_steps 4)
+RECOVERY_NO_DELAY=("${RECOVERY[@]}" --dart_delay 0)  # the braking test (PLAN item 10): noise and pushes only
 CONDITIONING=(--center_state --absolute_action_dims 6 --trajectory_origin chunk)
 STABILISED=("${CONDITIONING[@]}" --feedback_kappa 4 --kappa_a 4)
 DELAY_TRAINING=(--max_observation_delay 8)
 # model name -> dataset and objective options
 declare -A MODEL_DATA=([chunk]=demos [chunk_recovery]=demos_recovery [fas_v1]=demos [fas_conditioning]=demos
                        [fas_stabilised]=demos [fas_recovery]=demos_recovery [chunk_recovery_delay]=demos_recovery
-                       [fas_recovery_delay]=demos_recovery)
+                       [fas_recovery_delay]=demos_recovery [fas_recovery_no_delay]=demos_recovery_no_delay)
 declare -A MODEL_OPTIONS=([chunk]="--objective chunk" [chunk_recovery]="--objective chunk"
                           [fas_v1]="--objective stream_joint"
                           [fas_conditioning]="--objective stream_joint ${CONDITIONING[*]}"
                           [fas_stabilised]="--objective stream_joint ${STABILISED[*]}"
                           [fas_recovery]="--objective stream_joint ${STABILISED[*]}"
                           [chunk_recovery_delay]="--objective chunk ${DELAY_TRAINING[*]}"
-                          [fas_recovery_delay]="--objective stream_joint ${STABILISED[*]} ${DELAY_TRAINING[*]}")
+                          [fas_recovery_delay]="--objective stream_joint ${STABILISED[*]} ${DELAY_TRAINING[*]}"
+                          [fas_recovery_no_delay]="--objective stream_joint ${STABILISED[*]}")
 EPISODES=(--task_suite_name libero_object --task_ids 0 1 2 3 4 --first_trial 0 --num_trials_per_task 10
           --resolution 128 --max_episodes_rendered 1)
 
@@ -53,11 +59,11 @@ demos() {
   fi
 }
 
-train_one() {  # train_one NAME CORE
-  local name=$1 core=$2
+train_one() {  # train_one NAME CORES THREADS
+  local name=$1 cores=$2 threads=$3
   if [ -f "$OUT/runs/$name/model/config.json" ]; then return; fi
   # shellcheck disable=SC2086  # the options are words
-  OMP_NUM_THREADS=1 taskset -c "$core" "$PYTHON" train_accelerate.py --dataset "$OUT/${MODEL_DATA[$name]}/dataset" \
+  OMP_NUM_THREADS=$threads taskset -c "$cores" "$PYTHON" train_accelerate.py --dataset "$OUT/${MODEL_DATA[$name]}/dataset" \
     --preset small --freeze full ${MODEL_OPTIONS[$name]} --output_dir "$OUT/runs/$name" --steps 6000 \
     --batch_size 32 --lr 3e-4 --warmup_steps 300 --checkpoint_every 250 --eval_every 500 --log_every 50 \
     --num_workers 0 --report_to none --seed 0 --resume_from_checkpoint latest > "$OUT/runs/$name.log" 2>&1
@@ -97,6 +103,12 @@ case "${1:-}" in
     demos demos --demos_per_task 20
     demos demos_recovery --demos_per_task 40 "${RECOVERY[@]}"
     ;;
+  demos_unseen)  # the diagnostics' held-out demonstrations: other seeds than any training set's
+    demos demos_unseen --task_ids 0 1 2 --demos_per_task 4 --seed 100
+    ;;
+  demos_no_delay)
+    demos demos_recovery_no_delay --demos_per_task 40 "${RECOVERY_NO_DELAY[@]}"
+    ;;
   train)
     mkdir -p "$OUT/runs"
     pgrep -f keep_run_weights.sh > /dev/null || (scripts/keep_run_weights.sh "$OUT" > /dev/null 2>&1 &)
@@ -106,20 +118,32 @@ case "${1:-}" in
     [ ${#names[@]} -gt 0 ] || names=(fas_stabilised fas_recovery chunk chunk_recovery fas_v1 fas_conditioning
                                      chunk_recovery_delay fas_recovery_delay)
     for ((i = 0; i < ${#names[@]}; i += 2)); do
-      train_one "${names[i]}" 0 &
-      [ -z "${names[i + 1]:-}" ] || train_one "${names[i + 1]}" 1 &
+      if [ -z "${names[i + 1]:-}" ]; then  # a model alone gets both cores
+        train_one "${names[i]}" 0-1 2 &
+      else
+        train_one "${names[i]}" 0 1 &
+        train_one "${names[i + 1]}" 1 1 &
+      fi
       wait_all
     done
     sleep 61  # the weights keeper's last pass
     pkill -f keep_run_weights.sh || true
     ;;
   diagnose)
-    for name in fas_stabilised fas_recovery fas_v1 fas_conditioning fas_recovery_delay; do
+    for name in fas_stabilised fas_recovery fas_v1 fas_conditioning fas_recovery_delay fas_recovery_no_delay; do
       [ -f "$OUT/runs/$name/model/config.json" ] || continue
       sensitivity=(benchmarks/feedback_sensitivity.py --model "$OUT/runs/$name/model"
                    --dataset "$OUT/${MODEL_DATA[$name]}/dataset")
       [ -f "$OUT/sensitivity_$name.json" ] || \
         "$PYTHON" "${sensitivity[@]}" --frames 256 --output "$OUT/sensitivity_$name.json"
+      unseen=("$OUT/demos_unseen/dataset" --unseen_dataset)  # 12 demonstrations no model saw (PLAN item 1)
+      if [ -f "$OUT/demos_unseen/dataset/meta/info.json" ]; then
+        [ -f "$OUT/sensitivity_${name}_unseen.json" ] || "$PYTHON" benchmarks/feedback_sensitivity.py \
+          --model "$OUT/runs/$name/model" --dataset "${unseen[@]}" --frames 256 \
+          --output "$OUT/sensitivity_${name}_unseen.json"
+        [ -f "$OUT/action_scale_${name}_unseen.json" ] || "$PYTHON" benchmarks/action_scale.py \
+          --model "$OUT/runs/$name/model" --dataset "${unseen[@]}" --output "$OUT/action_scale_${name}_unseen.json"
+      fi
       for weights in "$OUT/runs/$name"/weights/step_*.safetensors; do  # along training (keep_weights.sh)
         [ -f "$weights" ] || continue
         step=$(basename "$weights" .safetensors)
@@ -137,6 +161,9 @@ case "${1:-}" in
     compare evaluation 1 "${models[@]}" "${perturbed[@]}" --perturbations push "action noise" &
     wait_all
     compare evaluation 0-1 "${models[@]}" "${perturbed[@]}"
+    ;;
+  braking_test)
+    compare braking_test 0-1 --stream_model "$(trained fas_recovery_no_delay)" --perturbations nominal
     ;;
   sweep)
     model_arguments "fas_stabilised fas_recovery fas_recovery_delay" "chunk chunk_recovery chunk_recovery_delay" \
