@@ -35,6 +35,8 @@ PARTS = {"translation": slice(0, 3), "end_effector": slice(0, 6)}
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="FAS-VLA folder or Hub id (streaming or chunk)")
+    p.add_argument("--weights", default=None,
+                   help="a training checkpoint's model.safetensors, measured with --model's config (along training)")
     p.add_argument("--dataset", required=True, help="LeRobot dataset (folder or Hub id)")
     p.add_argument("--state_key", default="observation.state")
     p.add_argument("--action_key", default="action")
@@ -129,16 +131,16 @@ def report(table: list[dict], model_name: str) -> str:
 
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
-    model, processor = load_model_and_processor(args.model, "cpu")
-    model.eval()
+    model, processor = load_model_and_processor(args.model, "cpu", args.weights)
     dataset = LeRobotDataset.open(args.dataset)
     dataset.check(model.config.camera_names, args.state_key, args.action_key)
     norms = measure(model, processor, dataset, held_out_episodes(dataset, args), args)
     table = summary_table(norms, model.config.n_action_steps)
     print(report(table, args.model))
     if args.output:
-        Path(args.output).write_text(json.dumps({"model": args.model, "dataset": args.dataset, "table": table,
-                                                 "norms": {k: v.tolist() for k, v in norms.items()}}, indent=1))
+        Path(args.output).write_text(json.dumps({
+            "model": args.model, "weights": args.weights, "dataset": args.dataset, "table": table,
+            "norms": {k: v.tolist() for k, v in norms.items()}}, indent=1))
     return table
 
 

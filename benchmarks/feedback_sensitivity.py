@@ -112,12 +112,7 @@ def report(summary: dict, response, model_name: str) -> str:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    model, processor = load_model_and_processor(args.model, "cpu")
-    if args.weights:
-        from safetensors.torch import load_file
-
-        model.load_state_dict(load_file(args.weights), strict=True)
-    model.eval()
+    model, processor = load_model_and_processor(args.model, "cpu", args.weights)
     if not model.config.uses_state_trajectory:
         raise ValueError(f"--model {args.model} has objective {model.config.objective!r}: only 'stream_joint' "
                          "models are fed the state")

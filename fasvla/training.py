@@ -95,10 +95,16 @@ def load_processor(folder_or_hub_id: str) -> FasVLAProcessor:
                            padding=saved.padding, truncation=saved.truncation)
 
 
-def load_model_and_processor(folder_or_hub_id: str, device: str = "cpu"):
-    """A saved FAS-VLA in eval mode and its processor, with this repository's code."""
-    model = FasVLAForActionPrediction.from_pretrained(folder_or_hub_id).to(device).eval()
-    return model, load_processor(folder_or_hub_id)
+def load_model_and_processor(folder_or_hub_id: str, device: str = "cpu", weights: str | None = None):
+    """A saved FAS-VLA in eval mode and its processor, with this repository's code; `weights`: a training
+    checkpoint's model.safetensors to load into it instead of the folder's (a run's statistics and G are set before
+    its first step, so the finished model's config holds for every checkpoint)."""
+    model = FasVLAForActionPrediction.from_pretrained(folder_or_hub_id)
+    if weights:
+        from safetensors.torch import load_file
+
+        model.load_state_dict(load_file(weights), strict=True)
+    return model.to(device).eval(), load_processor(folder_or_hub_id)
 
 
 def latest_checkpoint(checkpoint_dir: Path) -> Path | None:

@@ -1,6 +1,7 @@
 """Copy the repository's remote-code files into the shipped checkpoints (checkpoints/*/), as real files.
 
     python scripts/sync_checkpoint_code.py            # after a change to the remote code
+    python scripts/sync_checkpoint_code.py FOLDER...  # a saved model kept without its code (results/*/models)
 
 A checkpoint published on the Hub must hold its code as files (a link would arrive as a path, not as code), and
 the shipped checkpoints are published with the repository. Two copies can drift, so tests/test_shipped_checkpoint.py
@@ -33,10 +34,13 @@ def sync(folder: Path) -> list[str]:
     return changed
 
 
-def main() -> int:
-    for folder in checkpoint_folders():
+def main(argv=None) -> int:
+    folders = [Path(name).resolve() for name in (sys.argv[1:] if argv is None else argv)] or checkpoint_folders()
+    for folder in folders:
+        if not (folder / "config.json").is_file():
+            raise ValueError(f"folder {folder} holds no saved model (config.json)")
         changed = sync(folder)
-        print(f"{folder.relative_to(ROOT)}: {', '.join(changed) if changed else 'up to date'}")
+        print(f"{folder}: {', '.join(changed) if changed else 'up to date'}")
     return 0
 
 

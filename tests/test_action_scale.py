@@ -76,6 +76,21 @@ def test_real_models_are_measured_reproducibly(tiny_models, dataset_root, tmp_pa
     assert all(row["model_translation"] <= row["model_end_effector"] + 1e-9 for row in table)  # a part of it
 
 
+def test_a_checkpoints_weights_are_measured_with_the_folders_config(tiny_models, dataset_root, tmp_path):
+    from safetensors.torch import save_file
+
+    from fasvla.tiny import tiny_model_and_processor
+
+    model, processor = tiny_models("stream_joint")
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "weights.safetensors"))
+    other = saved(tiny_model_and_processor(seed=5)[0], processor, tmp_path / "other")  # other weights, same config
+    arguments = ["--dataset", str(dataset_root), "--unseen_dataset", "--chunks", "2"]
+    measured = action_scale.main(["--model", saved(model, processor, tmp_path / "model"), *arguments])
+    assert action_scale.main(["--model", other, *arguments]) != measured
+    assert action_scale.main(["--model", other, "--weights", str(tmp_path / "weights.safetensors"),
+                              *arguments]) == measured
+
+
 def test_bad_arguments_are_refused(joint, dataset_root, tmp_path):
     with pytest.raises(SystemExit):
         action_scale.parse_args(["--model", "m", "--dataset", "d", "--chunks", "0"])

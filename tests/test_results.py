@@ -24,7 +24,14 @@ FEEDBACK_EXPERIMENT = [RESULTS / "feedback_v2" / name for name in ("evaluation",
 # the corrective gains in RESULTS.md, each model on the same unseen demonstrations (benchmarks/feedback_sensitivity.py)
 GAINS = {"first version (shipped)": RESULTS / "feedback_v2" / "sensitivity_shipped_fasvla.json",
          "`fas_stabilised`": RESULTS / "feedback_v2" / "sensitivity" / "fas_stabilised_unseen.json",
-         "`fas_recovery`": RESULTS / "feedback_v2" / "sensitivity" / "fas_recovery_unseen.json"}
+         "`fas_recovery`": RESULTS / "feedback_v2" / "sensitivity" / "fas_recovery_unseen.json",
+         "`fas_recovery_no_delay`": RESULTS / "feedback_v2" / "sensitivity" / "fas_recovery_no_delay_unseen.json"}
+# the action sizes in RESULTS.md, on the same unseen demonstrations (benchmarks/action_scale.py)
+SCALES = {"first version (shipped)": RESULTS / "feedback_v2" / "action_scale" / "shipped_fasvla.json",
+          "chunk baseline (shipped)": RESULTS / "feedback_v2" / "action_scale" / "shipped_chunk.json",
+          "`fas_recovery_no_delay`": RESULTS / "feedback_v2" / "action_scale" / "fas_recovery_no_delay_unseen.json"}
+# the unseen demonstrations, generated twice by the same command on two machines (PLAN items 1 and 10)
+UNSEEN_DEMOS = {"outputs/demos_random_eval/dataset", "outputs/feedback_v2/demos_unseen/dataset"}
 INIT_STATES = {folder: range(40, 45) for folder in FIRST_STUDY} | {folder: range(10) for folder in FEEDBACK_EXPERIMENT}
 
 
@@ -97,7 +104,16 @@ def test_the_tables_in_results_md_are_the_ones_the_shipped_episodes_give(folder)
 
 def test_the_corrective_gains_in_results_md_are_the_shipped_measurements():
     measurements = {name: json.loads(path.read_text()) for name, path in GAINS.items()}
-    assert len({m["dataset"] for m in measurements.values()}) == 1  # the same frames for every model
+    assert {m["dataset"] for m in measurements.values()} <= UNSEEN_DEMOS  # the same episodes for every model
     assert {m["frames"] for m in measurements.values()} == {256}
     table = gains_table({name: m["summary"] for name, m in measurements.items()})
     assert table in (ROOT / "RESULTS.md").read_text()
+
+
+def test_the_action_sizes_in_results_md_are_the_shipped_measurements():
+    text = (ROOT / "RESULTS.md").read_text()
+    for name, path in SCALES.items():
+        measured = json.loads(path.read_text())
+        assert measured["dataset"] in UNSEEN_DEMOS
+        ratios = [f"{100 * row['ratio_translation']:.0f}%" for row in measured["table"][:3]]
+        assert f"| {name} | " + " | ".join(ratios) + " |" in text
