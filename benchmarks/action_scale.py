@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fasvla.data.lerobot_dataset import LeRobotDataset  # noqa: E402
-from fasvla.data.samples import cumulative_actions, split_episodes  # noqa: E402
+from fasvla.data.samples import cumulative_actions, held_out_episodes  # noqa: E402
 from fasvla.training import load_model_and_processor  # noqa: E402
 
 PARTS = {"translation": slice(0, 3), "end_effector": slice(0, 6)}
@@ -50,15 +50,6 @@ def parse_args(argv=None):
     if args.chunks < 1:
         p.error(f"--chunks must be >= 1, got {args.chunks}")
     return args
-
-
-def held_out_episodes(dataset: LeRobotDataset, args) -> list[int]:
-    if args.unseen_dataset:
-        return list(range(len(dataset.episodes)))
-    episodes = split_episodes(len(dataset.episodes), args.val_fraction, args.seed)[1]
-    if not episodes:
-        raise ValueError(f"--val_fraction {args.val_fraction} leaves no held-out episode of {len(dataset.episodes)}")
-    return episodes
 
 
 def planned_actions(model, inputs: dict, cumulative: np.ndarray, previous: np.ndarray, steps: int) -> np.ndarray:
@@ -134,7 +125,8 @@ def main(argv=None) -> list[dict]:
     model, processor = load_model_and_processor(args.model, "cpu", args.weights)
     dataset = LeRobotDataset.open(args.dataset)
     dataset.check(model.config.camera_names, args.state_key, args.action_key)
-    norms = measure(model, processor, dataset, held_out_episodes(dataset, args), args)
+    episodes = held_out_episodes(len(dataset.episodes), args.val_fraction, args.seed, args.unseen_dataset)
+    norms = measure(model, processor, dataset, episodes, args)
     table = summary_table(norms, model.config.n_action_steps)
     print(report(table, args.model))
     if args.output:

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fasvla.data.lerobot_dataset import LeRobotDataset  # noqa: E402
-from fasvla.data.samples import cumulative_actions, episode_bounds, split_episodes  # noqa: E402
+from fasvla.data.samples import cumulative_actions, episode_bounds, held_out_episodes  # noqa: E402
 from fasvla.sensitivity import Gains, corrective_gains, group_summary  # noqa: E402
 from fasvla.state_response import DEFAULT_RIDGE, fit_state_response  # noqa: E402
 from fasvla.training import load_model_and_processor  # noqa: E402
@@ -66,13 +66,9 @@ def normalised(model, states: np.ndarray, actions: np.ndarray) -> tuple[np.ndarr
 
 
 def held_out_rows(dataset: LeRobotDataset, args) -> np.ndarray:
-    _, val_episodes = split_episodes(len(dataset.episodes), args.val_fraction, args.seed)
-    if args.unseen_dataset:
-        val_episodes = list(range(len(dataset.episodes)))
-    if not val_episodes:
-        raise ValueError(f"--val_fraction {args.val_fraction} leaves no held-out episode of {len(dataset.episodes)}")
+    held_out = set(held_out_episodes(len(dataset.episodes), args.val_fraction, args.seed, args.unseen_dataset))
     rows = np.concatenate([np.arange(e.start, e.start + e.length) for i, e in enumerate(dataset.episodes)
-                           if i in set(val_episodes)])
+                           if i in held_out])
     rng = np.random.default_rng(args.seed)
     return np.sort(rng.choice(rows, size=min(args.frames, len(rows)), replace=False))
 

@@ -63,8 +63,9 @@ train_one() {  # train_one NAME CORES THREADS
   local name=$1 cores=$2 threads=$3
   if [ -f "$OUT/runs/$name/model/config.json" ]; then return; fi
   # shellcheck disable=SC2086  # the options are words
-  OMP_NUM_THREADS=$threads taskset -c "$cores" "$PYTHON" train_accelerate.py --dataset "$OUT/${MODEL_DATA[$name]}/dataset" \
-    --preset small --freeze full ${MODEL_OPTIONS[$name]} --output_dir "$OUT/runs/$name" --steps 6000 \
+  OMP_NUM_THREADS=$threads taskset -c "$cores" "$PYTHON" train_accelerate.py \
+    --dataset "$OUT/${MODEL_DATA[$name]}/dataset" --preset small --freeze full ${MODEL_OPTIONS[$name]} \
+    --output_dir "$OUT/runs/$name" --steps 6000 \
     --batch_size 32 --lr 3e-4 --warmup_steps 300 --checkpoint_every 250 --eval_every 500 --log_every 50 \
     --num_workers 0 --report_to none --seed 0 --resume_from_checkpoint latest > "$OUT/runs/$name.log" 2>&1
 }
@@ -149,6 +150,9 @@ case "${1:-}" in
         step=$(basename "$weights" .safetensors)
         [ -f "$OUT/sensitivity_${name}_$step.json" ] || "$PYTHON" "${sensitivity[@]}" --weights "$weights" \
           --frames 128 --output "$OUT/sensitivity_${name}_$step.json"
+        [ ! -f "$OUT/demos_unseen/dataset/meta/info.json" ] || [ -f "$OUT/action_scale_${name}_${step}_unseen.json" ] ||
+          "$PYTHON" benchmarks/action_scale.py --model "$OUT/runs/$name/model" --weights "$weights" \
+            --dataset "${unseen[@]}" --output "$OUT/action_scale_${name}_${step}_unseen.json"
       done
     done
     ;;

@@ -96,5 +96,5 @@ def test_bad_arguments_are_refused(joint, dataset_root, tmp_path):
         action_scale.parse_args(["--model", "m", "--dataset", "d", "--chunks", "0"])
     model, processor = joint
     folder = saved(model, processor, tmp_path / "model")
-    with pytest.raises(ValueError, match="--val_fraction 0.0 leaves no held-out episode"):
+    with pytest.raises(ValueError, match="validation_fraction 0.0 leaves no held-out episode"):
         action_scale.main(["--model", folder, "--dataset", str(dataset_root), "--val_fraction", "0"])

@@ -116,3 +116,14 @@ def split_episodes(num_episodes: int, validation_fraction: float, seed: int) -> 
     order = np.random.default_rng(seed).permutation(num_episodes)
     count = 0 if validation_fraction == 0 or num_episodes < 2 else max(1, round(validation_fraction * num_episodes))
     return sorted(order[count:].tolist()), sorted(order[:count].tolist())
+
+
+def held_out_episodes(num_episodes: int, validation_fraction: float, seed: int, unseen: bool = False) -> list[int]:
+    """The episodes a model trained with this split never saw: its validation episodes, or every episode of a
+    dataset it was not trained on (`unseen`)."""
+    if unseen:
+        return list(range(num_episodes))
+    episodes = split_episodes(num_episodes, validation_fraction, seed)[1]
+    if not episodes:
+        raise ValueError(f"validation_fraction {validation_fraction} leaves no held-out episode of {num_episodes}")
+    return episodes
