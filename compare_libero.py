@@ -46,6 +46,9 @@ def parse_args(argv=None):
     p.add_argument("--inference_delays", type=int, nargs="+", default=[],
                    help="the delay sweep: a condition per inference delay D (eval_libero.py --inference_delay; "
                         "0 is nominal), each policy's success against D in delay_sweep.png")
+    p.add_argument("--pair", nargs=2, action="append", default=[], metavar=("POLICY", "REFERENCE"),
+                   help="also pair these two policies episode by episode (repeatable), e.g. two models in one mode: "
+                        "--pair 'new open loop' 'old open loop'")
     p.add_argument("--output_dir", default="outputs/libero_comparison")
     p.add_argument("--report_only", action="store_true",
                    help="run nothing: the tables and figures of the conditions that have finished, the others "
@@ -71,6 +74,9 @@ def parse_args(argv=None):
     if unknown:
         p.error(f"--policies {unknown} are not among {[policy.name for policy in policies]}")
     args.chosen = [policy for policy in policies if args.policies is None or policy.name in args.policies]
+    unpaired = sorted({name for pair in args.pair for name in pair} - {policy.name for policy in args.chosen})
+    if unpaired:
+        p.error(f"--pair {unpaired} are not among the policies run, {[policy.name for policy in args.chosen]}")
     return args
 
 
@@ -102,7 +108,7 @@ def main(argv=None) -> dict:
             outcomes[(perturbation, policy.name)] = outcomes_of(condition.get("episodes", []))
             inside += episode_seconds(condition.get("episodes", []))
     table = comparison_table(summaries, chosen, args.conditions)
-    differences = paired_differences(outcomes, chosen, args.conditions)
+    differences = paired_differences(outcomes, chosen, args.conditions, args.pair)
     table += "\n" + paired_table(differences, args.conditions)
     if args.delays:
         delay_costs = delay_differences(outcomes, chosen, args.delays)

@@ -13,6 +13,7 @@
 #                                               # episodes (~2 h for four models; a later run adds the new ones)
 #   scripts/feedback_experiment.sh evaluate chunk "fas_recovery anticipatory"   # only these policies
 #   scripts/feedback_experiment.sh braking_test # fas_recovery_no_delay nominally, every mode (~10 min)
+#   scripts/feedback_experiment.sh objective_test   # the same without the stabilising term (PLAN item 12)
 #   scripts/feedback_experiment.sh sweep        # the inference-delay sweep, with and without delay training (~1 h)
 #   scripts/feedback_experiment.sh realtime     # real time, prefix pipelining on (the default) and off (~30 min)
 #
@@ -33,7 +34,8 @@ DELAY_TRAINING=(--max_observation_delay 8)
 # model name -> dataset and objective options
 declare -A MODEL_DATA=([chunk]=demos [chunk_recovery]=demos_recovery [fas_v1]=demos [fas_conditioning]=demos
                        [fas_stabilised]=demos [fas_recovery]=demos_recovery [chunk_recovery_delay]=demos_recovery
-                       [fas_recovery_delay]=demos_recovery [fas_recovery_no_delay]=demos_recovery_no_delay)
+                       [fas_recovery_delay]=demos_recovery [fas_recovery_no_delay]=demos_recovery_no_delay
+                       [fas_recovery_no_delay_kappa0]=demos_recovery_no_delay)
 declare -A MODEL_OPTIONS=([chunk]="--objective chunk" [chunk_recovery]="--objective chunk"
                           [fas_v1]="--objective stream_joint"
                           [fas_conditioning]="--objective stream_joint ${CONDITIONING[*]}"
@@ -41,7 +43,8 @@ declare -A MODEL_OPTIONS=([chunk]="--objective chunk" [chunk_recovery]="--object
                           [fas_recovery]="--objective stream_joint ${STABILISED[*]}"
                           [chunk_recovery_delay]="--objective chunk ${DELAY_TRAINING[*]}"
                           [fas_recovery_delay]="--objective stream_joint ${STABILISED[*]} ${DELAY_TRAINING[*]}"
-                          [fas_recovery_no_delay]="--objective stream_joint ${STABILISED[*]}")
+                          [fas_recovery_no_delay]="--objective stream_joint ${STABILISED[*]}"
+                          [fas_recovery_no_delay_kappa0]="--objective stream_joint ${CONDITIONING[*]}")
 EPISODES=(--task_suite_name libero_object --task_ids 0 1 2 3 4 --first_trial 0 --num_trials_per_task 10
           --resolution 128 --max_episodes_rendered 1)
 
@@ -70,9 +73,12 @@ train_one() {  # train_one NAME CORES THREADS
     --num_workers 0 --report_to none --seed 0 --resume_from_checkpoint latest > "$OUT/runs/$name.log" 2>&1
 }
 
-trained() {  # trained NAME...: NAME=FOLDER for each model whose training finished
+trained() {  # trained NAME...: NAME=FOLDER for each model whose training finished, here or in an earlier session
+  # (a finished model is committed under results/feedback_v2/models, PLAN item 11)
   for name in "$@"; do
-    [ ! -f "$OUT/runs/$name/model/config.json" ] || echo "$name=$OUT/runs/$name/model"
+    if [ -f "$OUT/runs/$name/model/config.json" ]; then echo "$name=$OUT/runs/$name/model"
+    elif [ -f "results/feedback_v2/models/$name/config.json" ]; then echo "$name=results/feedback_v2/models/$name"
+    fi
   done
 }
 
@@ -131,7 +137,8 @@ case "${1:-}" in
     pkill -f keep_run_weights.sh || true
     ;;
   diagnose)
-    for name in fas_stabilised fas_recovery fas_v1 fas_conditioning fas_recovery_delay fas_recovery_no_delay; do
+    for name in fas_stabilised fas_recovery fas_v1 fas_conditioning fas_recovery_delay fas_recovery_no_delay \
+                fas_recovery_no_delay_kappa0; do
       [ -f "$OUT/runs/$name/model/config.json" ] || continue
       sensitivity=(benchmarks/feedback_sensitivity.py --model "$OUT/runs/$name/model"
                    --dataset "$OUT/${MODEL_DATA[$name]}/dataset")
@@ -168,6 +175,18 @@ case "${1:-}" in
     ;;
   braking_test)
     compare braking_test 0-1 --stream_model "$(trained fas_recovery_no_delay)" --perturbations nominal
+    ;;
+  objective_test)  # the braking test's model without the stabilising term, next to it (PLAN item 12)
+    mkdir -p "$OUT/braking_test"
+    cp -rn results/feedback_v2/braking_test/nominal "$OUT/braking_test/"  # the braking test's finished episodes
+    compare braking_test 0-1 --stream_model "$(trained fas_recovery_no_delay_kappa0)" --perturbations nominal
+    pairs=()
+    for mode in "open loop" synchronous anticipatory; do
+      pairs+=(--pair "fas_recovery_no_delay_kappa0 $mode" "fas_recovery_no_delay $mode")
+    done
+    # shellcheck disable=SC2046  # one word a model
+    compare braking_test 0-1 --stream_model $(trained fas_recovery_no_delay fas_recovery_no_delay_kappa0) \
+      --perturbations nominal "${pairs[@]}" --report_only
     ;;
   sweep)
     model_arguments "fas_stabilised fas_recovery fas_recovery_delay" "chunk chunk_recovery chunk_recovery_delay" \

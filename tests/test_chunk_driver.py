@@ -34,7 +34,9 @@ def test_lockstep_without_delay_reproduces_the_controllers_before_the_driver(cas
     trace = lockstep_trace(controller, perturbation=NOISE)
     recorded = load_file(str(FIXTURE / "traces.safetensors"))
     for key, value in trace.items():
-        np.testing.assert_array_equal(value, recorded[f"{case}/{key}"], err_msg=f"{case}/{key}")
+        # Float32 kernels round differently across CPUs (the CI machine differs by ~1e-8); any change in what the
+        # controllers do moves these values by orders of magnitude more.
+        np.testing.assert_allclose(value, recorded[f"{case}/{key}"], rtol=1e-5, atol=1e-6, err_msg=f"{case}/{key}")
 
 
 def exact_stream(monkeypatch, model, gain: float) -> None:

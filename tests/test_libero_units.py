@@ -301,6 +301,24 @@ def test_paired_differences_count_only_the_episodes_both_policies_ran():
     assert "| stream anticipatory - stream open loop | not run | +25 (2/1, p=1.00) |" in table
 
 
+def test_pairs_across_models_are_added_once_and_checked_against_the_policies_run():
+    import compare_libero
+    from fasvla.libero.comparison import paired_differences
+
+    args = compare_libero.parse_args(["--stream_model", "new=runs/a", "old=runs/b", "--pair", "new open loop",
+                                      "old open loop", "--pair", "new anticipatory", "new open loop"])
+    new = {("s", 0, t): ok for t, ok in enumerate([True, True, True, False])}
+    old = {("s", 0, t): ok for t, ok in enumerate([False, False, True, True])}
+    outcomes = {("nominal", "new open loop"): new, ("nominal", "old open loop"): old}
+    differences = paired_differences(outcomes, args.chosen, ["nominal"], args.pair)
+    pairs = [tuple(d["pair"]) for d in differences]
+    assert pairs.count(("new anticipatory", "new open loop")) == 1  # a model's own pair, not repeated
+    assert pairs[-1] == ("new open loop", "old open loop") and len(pairs) == 7
+    assert differences[-1]["paired"] == {"episodes": 4, "difference": 0.25, "wins": 2, "losses": 1, "p": 1.0}
+    with pytest.raises(SystemExit):
+        compare_libero.parse_args(["--stream_model", "new=runs/a", "--pair", "new open loop", "old open loop"])
+
+
 def test_named_models_give_every_policy_and_the_pairs_of_each_model():
     import compare_libero
     from fasvla.libero.comparison import policy_pairs

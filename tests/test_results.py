@@ -35,15 +35,16 @@ UNSEEN_DEMOS = {"outputs/demos_random_eval/dataset", "outputs/feedback_v2/demos_
 INIT_STATES = {folder: range(40, 45) for folder in FIRST_STUDY} | {folder: range(10) for folder in FEEDBACK_EXPERIMENT}
 
 
-def comparison_of(folder: Path) -> tuple[list[str], list[Policy], list[int]]:
-    """A shipped comparison's conditions, policies and swept inference delays, as its comparison.json ran them."""
+def comparison_of(folder: Path) -> tuple[list[str], list[Policy], list[int], list[list[str]]]:
+    """A shipped comparison's conditions, policies, swept inference delays and extra pairs, as its comparison.json
+    ran them."""
     if folder in FIRST_STUDY:
-        return (*FIRST_STUDY[folder], [])
+        return (*FIRST_STUDY[folder], [], [])
     arguments = json.loads((folder / "comparison.json").read_text())["arguments"]
     policies = make_policies(list(named_models(arguments["stream_model"], "stream")),
                              list(named_models(arguments["chunk_model"], "chunk")))
     chosen = [policy for policy in policies if arguments["policies"] is None or policy.name in arguments["policies"]]
-    return arguments["conditions"], chosen, arguments["delays"]
+    return arguments["conditions"], chosen, arguments["delays"], arguments.get("pair", [])
 
 
 CONDITIONS = sorted(path for folder in INIT_STATES for path in folder.glob("*/*/results.json"))
@@ -52,7 +53,7 @@ CONDITIONS = sorted(path for folder in INIT_STATES for path in folder.glob("*/*/
 def finished_conditions(folder: Path) -> set[tuple[str, str]]:
     """(condition, policy) of every condition the comparison reported as finished (a `--report_only` report of a
     comparison still running leaves the others out)."""
-    conditions, policies, _ = comparison_of(folder)
+    conditions, policies, *_ = comparison_of(folder)
     if folder in FIRST_STUDY:
         return {(c, p.name) for c in conditions for p in policies}
     reported = json.loads((folder / "comparison.json").read_text())["conditions"]
@@ -60,7 +61,7 @@ def finished_conditions(folder: Path) -> set[tuple[str, str]]:
 
 
 def shipped_episodes(folder: Path):
-    conditions, policies, _ = comparison_of(folder)
+    conditions, policies, *_ = comparison_of(folder)
     summaries, outcomes = {}, {}
     finished = finished_conditions(folder)
     for condition in conditions:
@@ -74,7 +75,7 @@ def shipped_episodes(folder: Path):
 
 @pytest.mark.parametrize("folder", list(INIT_STATES), ids=lambda p: p.name)
 def test_every_finished_condition_of_each_comparison_is_shipped(folder):
-    _, policies, _ = comparison_of(folder)
+    _, policies, *_ = comparison_of(folder)
     by_name = {policy.name: policy for policy in policies}
     expected = {condition_folder(folder, c, by_name[p]) / "results.json" for c, p in finished_conditions(folder)}
     assert set(folder.glob("*/*/results.json")) == expected
@@ -93,11 +94,11 @@ def test_each_summary_is_recomputed_from_its_episodes(path):
 
 @pytest.mark.parametrize("folder", list(INIT_STATES), ids=lambda p: p.name)
 def test_the_tables_in_results_md_are_the_ones_the_shipped_episodes_give(folder):
-    conditions, policies, delays = comparison_of(folder)
+    conditions, policies, delays, pairs = comparison_of(folder)
     summaries, outcomes = shipped_episodes(folder)
     text = (ROOT / "RESULTS.md").read_text()
     assert comparison_table(summaries, policies, conditions) in text
-    assert paired_table(paired_differences(outcomes, policies, conditions), conditions) in text
+    assert paired_table(paired_differences(outcomes, policies, conditions, pairs), conditions) in text
     if delays:
         assert delay_table(delay_differences(outcomes, policies, delays), delays) in text
 

@@ -128,12 +128,14 @@ def paired_difference(outcomes: dict, reference: dict) -> dict | None:
             "p": sign_test_p(wins, losses)}
 
 
-def paired_differences(outcomes: dict[tuple[str, str], dict], policies: list[Policy],
-                       perturbations: list[str]) -> list[dict]:
-    """`paired_difference` of each pair of `policy_pairs`, per perturbation."""
+def paired_differences(outcomes: dict[tuple[str, str], dict], policies: list[Policy], perturbations: list[str],
+                       extra_pairs: list[tuple[str, str]] = ()) -> list[dict]:
+    """`paired_difference` of each pair of `policy_pairs` and then of `extra_pairs` (policy names: across models,
+    which `policy_pairs` never pairs), per perturbation."""
+    pairs = list(dict.fromkeys(policy_pairs(policies) + [tuple(pair) for pair in extra_pairs]))
     return [{"pair": [a, b], "perturbation": p,
              "paired": paired_difference(outcomes.get((p, a), {}), outcomes.get((p, b), {}))}
-            for a, b in policy_pairs(policies) for p in perturbations]
+            for a, b in pairs for p in perturbations]
 
 
 def paired_table(differences: list[dict], perturbations: list[str], title: str = "Paired on the same episodes") -> str:
