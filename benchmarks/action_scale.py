@@ -1,8 +1,9 @@
-"""Are a model's actions as large as the expert's? The size of the actions a model plans, chunk by chunk, against the
-demonstrations' labels of the same frames.
+"""Are a model's actions as large as the expert's, and do they point where the expert's do? The size and the error of
+the actions a model plans, chunk by chunk, against the demonstrations' labels of the same frames.
 
     python benchmarks/action_scale.py --model outputs/feedback_v2/runs/fas_recovery/model \
         --dataset outputs/demos_random_eval/dataset --unseen_dataset
+    python benchmarks/action_scale.py ... --swap_images   # the control: another episode's cameras, same task
 
 A model that reaches for the object at two thirds of the expert's speed arrives late, closes its gripper in the
 wrong place and fails nominally, whatever its feedback does. On held-out episodes (as `train_accelerate.py` drew
@@ -10,8 +11,11 @@ them, or every episode with `--unseen_dataset`), at the chunk starts t = 0, n, 2
 `n_action_steps`) the model plans n actions from the recorded observation of frame t, the cumulative and previous
 actions of the demonstration: a streaming model open loop (no state fed back: the planned stream itself), a chunk
 model its chunk's first n. Per chunk index: the mean norm of the translation (dims 0-2) and of the end-effector
-command (dims 0-5) over those n frames, for the model and for the labels, and their ratio. Writes `--output` (JSON)
-when given.
+command (dims 0-5) over those n frames, for the model and for the labels, and their ratio; and the mean norm of the
+model's error (planned minus labels) as a share of the labels'. With `--swap_images` each frame's cameras are those
+of another held-out episode of the same task at the same frame (its objects elsewhere; the state, the instruction and
+the labels the frame's own): a model that finds the object in the image errs much more, one that ignores the image
+as much. Writes `--output` (JSON) when given.
 """
 
 import argparse
@@ -45,6 +49,8 @@ def parse_args(argv=None):
     p.add_argument("--unseen_dataset", action="store_true",
                    help="the model was not trained on --dataset: every episode is held out")
     p.add_argument("--seed", type=int, default=0, help="as the model was trained; also seeds the flow's noise")
+    p.add_argument("--swap_images", action="store_true",
+                   help="the control: each frame seen through the cameras of another episode of the same task")
     p.add_argument("--output", default=None, help="JSON file for the table and every episode's norms")
     args = p.parse_args(argv)
     if args.chunks < 1:
@@ -65,8 +71,19 @@ def planned_actions(model, inputs: dict, cumulative: np.ndarray, previous: np.nd
     return torch.stack(actions, dim=1).numpy()
 
 
+def partner_rows(tasks: list[str]) -> np.ndarray:
+    """For each row, the next row of the same task (cyclically, in row order); -1 for a task's only row."""
+    partners = np.full(len(tasks), -1)
+    for task in set(tasks):
+        rows = [i for i, t in enumerate(tasks) if t == task]
+        if len(rows) > 1:
+            partners[rows] = np.roll(rows, -1)
+    return partners
+
+
 def measure(model, processor, dataset: LeRobotDataset, episodes: list[int], args) -> dict[str, np.ndarray]:
-    """Mean norms (episodes, chunks) per part, for the model and the labels; NaN where an episode is too short."""
+    """Mean norms (episodes, chunks) per part of the model's plan, the labels and the model's error; NaN where an
+    episode is too short (or, with --swap_images, has no other episode of its task long enough)."""
     states, actions = dataset.column(args.state_key), dataset.column(args.action_key)
     starts = np.array([dataset.episodes[e].start for e in episodes])
     lengths = np.array([dataset.episodes[e].length for e in episodes])
@@ -74,14 +91,19 @@ def measure(model, processor, dataset: LeRobotDataset, episodes: list[int], args
     cumulative = cumulative_actions(actions, all_starts)
     steps = model.config.n_action_steps
     norms = {f"{who}_{part}": np.full((len(episodes), args.chunks), np.nan)
-             for who in ("model", "expert") for part in PARTS}
+             for who in ("model", "expert", "error") for part in PARTS}
     for chunk in tqdm(range(args.chunks), desc="chunk starts"):
         offset = chunk * steps
         rows_of = np.flatnonzero(lengths >= offset + steps)  # episodes with n labels left
+        seen_from = starts[rows_of] + offset  # the frames whose cameras each row sees
+        if args.swap_images:
+            partners = partner_rows([dataset.task(int(row)) for row in seen_from])
+            rows_of, seen_from = rows_of[partners >= 0], seen_from[partners[partners >= 0]]
         if not len(rows_of):
             break
         rows = starts[rows_of] + offset
-        images = [np.stack([dataset.image(camera, int(row)) for row in rows]) for camera in model.config.camera_names]
+        images = [np.stack([dataset.image(camera, int(row)) for row in seen_from])
+                  for camera in model.config.camera_names]
         inputs = processor(images=images, text=[dataset.task(int(row)) for row in rows], state=states[rows])
         previous = actions[rows - 1] if offset else np.zeros_like(actions[rows])  # a_{t-1}; 0 before the first
         torch.manual_seed(args.seed + chunk)
@@ -90,6 +112,7 @@ def measure(model, processor, dataset: LeRobotDataset, episodes: list[int], args
         for part, dims in PARTS.items():
             norms[f"model_{part}"][rows_of, chunk] = np.linalg.norm(planned[..., dims], axis=-1).mean(-1)
             norms[f"expert_{part}"][rows_of, chunk] = np.linalg.norm(labels[..., dims], axis=-1).mean(-1)
+            norms[f"error_{part}"][rows_of, chunk] = np.linalg.norm((planned - labels)[..., dims], axis=-1).mean(-1)
     return norms
 
 
@@ -102,21 +125,25 @@ def summary_table(norms: dict[str, np.ndarray], steps: int) -> list[dict]:
             break
         row = {"chunk": chunk, "first_frame": chunk * steps, "episodes": int(present.sum())}
         for part in PARTS:
-            model, expert = (float(norms[f"{who}_{part}"][present, chunk].mean()) for who in ("model", "expert"))
-            row |= {f"model_{part}": model, f"expert_{part}": expert, f"ratio_{part}": model / max(expert, 1e-12)}
+            model, expert, error = (float(norms[f"{who}_{part}"][present, chunk].mean())
+                                    for who in ("model", "expert", "error"))
+            row |= {f"model_{part}": model, f"expert_{part}": expert, f"ratio_{part}": model / max(expert, 1e-12),
+                    f"error_{part}": error, f"error_share_{part}": error / max(expert, 1e-12)}
         rows.append(row)
     return rows
 
 
 def report(table: list[dict], model_name: str) -> str:
-    lines = [f"action size of {model_name} against the labels (mean norm over a chunk's frames)", "",
-             "| chunk (first frame) | episodes | translation: model / expert (ratio) | "
-             "end effector: model / expert (ratio) |", "|---|---|---|---|"]
+    lines = [f"action size and error of {model_name} against the labels (mean norm over a chunk's frames)", "",
+             "| chunk (first frame) | episodes | translation: model / expert (ratio) | translation error (share) | "
+             "end effector: model / expert (ratio) | end-effector error (share) |", "|---|---|---|---|---|---|"]
     for row in table:
         lines.append(f"| {row['chunk']} ({row['first_frame']}) | {row['episodes']} | "
                      f"{row['model_translation']:.3f} / {row['expert_translation']:.3f} "
-                     f"({100 * row['ratio_translation']:.0f}%) | {row['model_end_effector']:.3f} / "
-                     f"{row['expert_end_effector']:.3f} ({100 * row['ratio_end_effector']:.0f}%) |")
+                     f"({100 * row['ratio_translation']:.0f}%) | {row['error_translation']:.3f} "
+                     f"({100 * row['error_share_translation']:.0f}%) | {row['model_end_effector']:.3f} / "
+                     f"{row['expert_end_effector']:.3f} ({100 * row['ratio_end_effector']:.0f}%) | "
+                     f"{row['error_end_effector']:.3f} ({100 * row['error_share_end_effector']:.0f}%) |")
     return "\n".join(lines)
 
 
@@ -131,7 +158,8 @@ def main(argv=None) -> list[dict]:
     print(report(table, args.model))
     if args.output:
         Path(args.output).write_text(json.dumps({
-            "model": args.model, "weights": args.weights, "dataset": args.dataset, "table": table,
+            "model": args.model, "weights": args.weights, "dataset": args.dataset, "swap_images": args.swap_images,
+            "table": table,
             "norms": {k: v.tolist() for k, v in norms.items()}}, indent=1))
     return table
 

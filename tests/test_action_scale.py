@@ -1,5 +1,7 @@
 """The action-size diagnostic (benchmarks/action_scale.py): the labels' size is the dataset's, a model that plans
-half the labels measures a ratio of one half, and real streaming and chunk models run through it reproducibly."""
+half the labels measures a ratio of one half and an error of one half, the image-swap control shows each frame
+another episode's cameras of the same task and keeps everything else the frame's own, and real streaming and chunk
+models run through it reproducibly."""
 
 import json
 import sys
@@ -62,7 +64,41 @@ def test_a_model_planning_half_the_labels_measures_half(joint, dataset_root, tmp
     assert [row["episodes"] for row in table] == [int((~np.isnan(c)).sum()) for c in expected.T][:len(table)]
     for row in table:
         assert row["ratio_translation"] == pytest.approx(0.5) and row["ratio_end_effector"] == pytest.approx(0.5)
+        assert row["error_share_translation"] == pytest.approx(0.5)  # half the labels short, every frame
         assert row["expert_translation"] == pytest.approx(np.nanmean(expected[:, row["chunk"]]))
+
+
+def test_partners_are_other_rows_of_the_same_task():
+    tasks = ["a", "b", "a", "a", "c", "b"]
+    partners = action_scale.partner_rows(tasks)
+    np.testing.assert_array_equal(partners, [2, 5, 3, 0, -1, 1])
+
+
+def test_the_swap_control_changes_the_cameras_only(joint, dataset_root, tmp_path, monkeypatch):
+    model, processor = joint
+    folder = saved(model, processor, tmp_path / "model")
+    dataset = LeRobotDataset.open(dataset_root)
+    states, actions = dataset.column("observation.state"), dataset.column("action")
+    episode_of = np.repeat(np.arange(len(dataset.episodes)), [e.length for e in dataset.episodes])
+    seen, pairs = [], []  # every frame whose image was read; (frame viewed, frame planned for)
+
+    def the_labels(model, inputs, cumulative, previous, steps):  # the frame's own labels, found by its state
+        observed = inputs["state"].numpy()
+        rows = [int(np.flatnonzero(np.abs(states - s).max(axis=1) < 1e-5)[0]) for s in observed]
+        cameras = len(model.config.camera_names)
+        pairs.extend(zip(seen[-cameras * len(rows):][:len(rows)], rows))  # the first camera's reads, in row order
+        return np.stack([actions[row:row + steps] for row in rows])
+
+    image = LeRobotDataset.image
+    monkeypatch.setattr(LeRobotDataset, "image", lambda self, camera, row: seen.append(row) or image(self, camera, row))
+    monkeypatch.setattr(action_scale, "planned_actions", the_labels)
+    arguments = ["--model", folder, "--dataset", str(dataset_root), "--unseen_dataset", "--chunks", "2"]
+    table = action_scale.main(arguments + ["--swap_images"])
+    assert pairs
+    for view, own in pairs:
+        assert episode_of[view] != episode_of[own] and dataset.task(int(view)) == dataset.task(int(own))
+        assert view - dataset.episodes[episode_of[view]].start == own - dataset.episodes[episode_of[own]].start
+    assert all(row["error_translation"] == pytest.approx(0.0) for row in table)  # state and labels the frame's own
 
 
 @pytest.mark.parametrize("objective", ["stream_joint", "chunk"])
