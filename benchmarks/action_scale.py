@@ -14,8 +14,10 @@ model its chunk's first n. Per chunk index: the mean norm of the translation (di
 command (dims 0-5) over those n frames, for the model and for the labels, and their ratio; and the mean norm of the
 model's error (planned minus labels) as a share of the labels'. With `--swap_images` each frame's cameras are those
 of another held-out episode of the same task at the same frame (its objects elsewhere; the state, the instruction and
-the labels the frame's own): a model that finds the object in the image errs much more, one that ignores the image
-as much. Writes `--output` (JSON) when given.
+the labels the frame's own): a model that finds the object in the image errs more, one that ignores the image as
+much. How much more is bounded by how much the two episodes' labels differ (`partner`: the error of a model that
+follows the wrong cameras exactly), which is small where every placement starts alike. Writes `--output` (JSON)
+when given.
 """
 
 import argparse
@@ -90,8 +92,8 @@ def measure(model, processor, dataset: LeRobotDataset, episodes: list[int], args
     all_starts = np.repeat([e.start for e in dataset.episodes], [e.length for e in dataset.episodes])
     cumulative = cumulative_actions(actions, all_starts)
     steps = model.config.n_action_steps
-    norms = {f"{who}_{part}": np.full((len(episodes), args.chunks), np.nan)
-             for who in ("model", "expert", "error") for part in PARTS}
+    measured = ("model", "expert", "error") + (("partner",) if args.swap_images else ())
+    norms = {f"{who}_{part}": np.full((len(episodes), args.chunks), np.nan) for who in measured for part in PARTS}
     for chunk in tqdm(range(args.chunks), desc="chunk starts"):
         offset = chunk * steps
         rows_of = np.flatnonzero(lengths >= offset + steps)  # episodes with n labels left
@@ -113,6 +115,10 @@ def measure(model, processor, dataset: LeRobotDataset, episodes: list[int], args
             norms[f"model_{part}"][rows_of, chunk] = np.linalg.norm(planned[..., dims], axis=-1).mean(-1)
             norms[f"expert_{part}"][rows_of, chunk] = np.linalg.norm(labels[..., dims], axis=-1).mean(-1)
             norms[f"error_{part}"][rows_of, chunk] = np.linalg.norm((planned - labels)[..., dims], axis=-1).mean(-1)
+            if args.swap_images:  # the labels of the frames whose cameras were seen
+                seen = np.stack([actions[row:row + steps] for row in seen_from])
+                norms[f"partner_{part}"][rows_of, chunk] = np.linalg.norm((seen - labels)[..., dims],
+                                                                          axis=-1).mean(-1)
     return norms
 
 
@@ -129,21 +135,27 @@ def summary_table(norms: dict[str, np.ndarray], steps: int) -> list[dict]:
                                     for who in ("model", "expert", "error"))
             row |= {f"model_{part}": model, f"expert_{part}": expert, f"ratio_{part}": model / max(expert, 1e-12),
                     f"error_{part}": error, f"error_share_{part}": error / max(expert, 1e-12)}
+            if f"partner_{part}" in norms:
+                partner = float(norms[f"partner_{part}"][present, chunk].mean())
+                row |= {f"partner_{part}": partner, f"partner_share_{part}": partner / max(expert, 1e-12)}
         rows.append(row)
     return rows
 
 
 def report(table: list[dict], model_name: str) -> str:
-    lines = [f"action size and error of {model_name} against the labels (mean norm over a chunk's frames)", "",
-             "| chunk (first frame) | episodes | translation: model / expert (ratio) | translation error (share) | "
-             "end effector: model / expert (ratio) | end-effector error (share) |", "|---|---|---|---|---|---|"]
+    """Markdown of the translation's rows (the end effector's are in the JSON)."""
+    swapped = bool(table) and "partner_translation" in table[0]
+    lines = [f"translation planned by {model_name} against the labels (mean norm over a chunk's frames)", "",
+             "| chunk (first frame) | episodes | model / expert (ratio) | error (share of the labels) |"
+             + (" labels of the episode seen (share) |" if swapped else ""),
+             "|---|---|---|---|" + ("---|" if swapped else "")]
     for row in table:
-        lines.append(f"| {row['chunk']} ({row['first_frame']}) | {row['episodes']} | "
-                     f"{row['model_translation']:.3f} / {row['expert_translation']:.3f} "
-                     f"({100 * row['ratio_translation']:.0f}%) | {row['error_translation']:.3f} "
-                     f"({100 * row['error_share_translation']:.0f}%) | {row['model_end_effector']:.3f} / "
-                     f"{row['expert_end_effector']:.3f} ({100 * row['ratio_end_effector']:.0f}%) | "
-                     f"{row['error_end_effector']:.3f} ({100 * row['error_share_end_effector']:.0f}%) |")
+        line = (f"| {row['chunk']} ({row['first_frame']}) | {row['episodes']} | {row['model_translation']:.3f} / "
+                f"{row['expert_translation']:.3f} ({100 * row['ratio_translation']:.0f}%) | "
+                f"{row['error_translation']:.3f} ({100 * row['error_share_translation']:.0f}%) |")
+        if swapped:
+            line += f" {row['partner_translation']:.3f} ({100 * row['partner_share_translation']:.0f}%) |"
+        lines.append(line)
     return "\n".join(lines)
 
 

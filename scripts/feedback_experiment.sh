@@ -14,6 +14,7 @@
 #   scripts/feedback_experiment.sh evaluate chunk "fas_recovery anticipatory"   # only these policies
 #   scripts/feedback_experiment.sh braking_test # fas_recovery_no_delay nominally, every mode (~10 min)
 #   scripts/feedback_experiment.sh objective_test   # the same without the stabilising term (PLAN item 12)
+#   scripts/feedback_experiment.sh image_test   # do the models look? image swaps and grasp offsets (PLAN item 13)
 #   scripts/feedback_experiment.sh sweep        # the inference-delay sweep, with and without delay training (~1 h)
 #   scripts/feedback_experiment.sh realtime     # real time, prefix pipelining on (the default) and off (~30 min)
 #
@@ -187,6 +188,30 @@ case "${1:-}" in
     # shellcheck disable=SC2046  # one word a model
     compare braking_test 0-1 --stream_model $(trained fas_recovery_no_delay fas_recovery_no_delay_kappa0) \
       --perturbations nominal "${pairs[@]}" --report_only
+    ;;
+  image_test)  # PLAN item 13: the planned actions' error with each frame's own cameras and another episode's
+    # shellcheck disable=SC2046  # one word a model
+    for pair in shipped_fasvla=checkpoints/fasvla-small-libero-object \
+                shipped_chunk=checkpoints/chunk-small-libero-object \
+                $(trained fas_recovery_no_delay fas_recovery_no_delay_kappa0); do
+      name=${pair%%=*} model=${pair#*=}
+      for swap in "" --swap_images; do
+        out=$OUT/action_error_$name${swap:+_swapped}.json
+        [ -f "$out" ] || "$PYTHON" benchmarks/action_scale.py --model "$model" --dataset "$OUT/demos_unseen/dataset" \
+          --unseen_dataset --chunks 6 $swap --output "$out"
+      done
+    done
+    # where open loop closes the gripper, against the expert from the same init states (tasks 0-4, states 0-1)
+    demos expert_init01 --demos_per_task 2 --init_states 0-1
+    for name in fas_recovery_no_delay fas_recovery_no_delay_kappa0; do
+      model=$(trained $name)
+      [ -n "$model" ] && [ ! -f "$OUT/grasp_offset_$name.json" ] || continue
+      OMP_NUM_THREADS=1 "$PYTHON" eval_libero.py --model "${model#*=}" --feedback_mode open_loop \
+        --task_suite_name libero_object --task_ids 0 1 2 3 4 --first_trial 0 --num_trials_per_task 2 \
+        --resolution 128 --max_episodes_rendered 0 --output_dir "$OUT/rollouts_$name" > "$OUT/rollouts_$name.log" 2>&1
+      "$PYTHON" benchmarks/grasp_offset.py --expert "$OUT/expert_init01/dataset" --rollouts "$OUT/rollouts_$name" \
+        --output "$OUT/grasp_offset_$name.json"
+    done
     ;;
   sweep)
     model_arguments "fas_stabilised fas_recovery fas_recovery_delay" "chunk chunk_recovery chunk_recovery_delay" \

@@ -80,13 +80,13 @@ def test_the_swap_control_changes_the_cameras_only(joint, dataset_root, tmp_path
     dataset = LeRobotDataset.open(dataset_root)
     states, actions = dataset.column("observation.state"), dataset.column("action")
     episode_of = np.repeat(np.arange(len(dataset.episodes)), [e.length for e in dataset.episodes])
-    seen, pairs = [], []  # every frame whose image was read; (frame viewed, frame planned for)
+    seen, calls = [], []  # every frame whose image was read; per chunk start, (frame viewed, frame planned for)
 
     def the_labels(model, inputs, cumulative, previous, steps):  # the frame's own labels, found by its state
         observed = inputs["state"].numpy()
         rows = [int(np.flatnonzero(np.abs(states - s).max(axis=1) < 1e-5)[0]) for s in observed]
         cameras = len(model.config.camera_names)
-        pairs.extend(zip(seen[-cameras * len(rows):][:len(rows)], rows))  # the first camera's reads, in row order
+        calls.append(list(zip(seen[-cameras * len(rows):][:len(rows)], rows)))  # the first camera's, in row order
         return np.stack([actions[row:row + steps] for row in rows])
 
     image = LeRobotDataset.image
@@ -94,11 +94,17 @@ def test_the_swap_control_changes_the_cameras_only(joint, dataset_root, tmp_path
     monkeypatch.setattr(action_scale, "planned_actions", the_labels)
     arguments = ["--model", folder, "--dataset", str(dataset_root), "--unseen_dataset", "--chunks", "2"]
     table = action_scale.main(arguments + ["--swap_images"])
-    assert pairs
+    steps = model.config.n_action_steps
+    pairs = [pair for call in calls for pair in call]
+    assert calls and pairs
     for view, own in pairs:
         assert episode_of[view] != episode_of[own] and dataset.task(int(view)) == dataset.task(int(own))
         assert view - dataset.episodes[episode_of[view]].start == own - dataset.episodes[episode_of[own]].start
     assert all(row["error_translation"] == pytest.approx(0.0) for row in table)  # state and labels the frame's own
+    labels = dataset.column("action")[:, :3]
+    partner = np.mean([np.linalg.norm(labels[view:view + steps] - labels[own:own + steps], axis=1).mean()
+                       for view, own in calls[0]])
+    assert table[0]["partner_translation"] == pytest.approx(partner, rel=1e-5) and partner > 0
 
 
 @pytest.mark.parametrize("objective", ["stream_joint", "chunk"])

@@ -1,6 +1,7 @@
 """RESULTS.md is generated, not typed: its tables are what the shipped per-episode results give."""
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,10 @@ GAINS = {"first version (shipped)": RESULTS / "feedback_v2" / "sensitivity_shipp
 SCALES = {"first version (shipped)": RESULTS / "feedback_v2" / "action_scale" / "shipped_fasvla.json",
           "chunk baseline (shipped)": RESULTS / "feedback_v2" / "action_scale" / "shipped_chunk.json",
           "`fas_recovery_no_delay`": RESULTS / "feedback_v2" / "action_scale" / "fas_recovery_no_delay_unseen.json"}
+# the planned actions' error with each frame's own cameras and with another episode's (action_scale.py --swap_images)
+IMAGE_SWAPS = {"first version (shipped)": "shipped_fasvla", "chunk baseline (shipped)": "shipped_chunk",
+               "`fas_recovery_no_delay`": "fas_recovery_no_delay"}
+GRASPS = RESULTS / "feedback_v2" / "grasp_offset" / "fas_recovery_no_delay_open_loop.json"
 # the unseen demonstrations, generated twice by the same command on two machines (PLAN items 1 and 10)
 UNSEEN_DEMOS = {"outputs/demos_random_eval/dataset", "outputs/feedback_v2/demos_unseen/dataset"}
 INIT_STATES = {folder: range(40, 45) for folder in FIRST_STUDY} | {folder: range(10) for folder in FEEDBACK_EXPERIMENT}
@@ -118,3 +123,33 @@ def test_the_action_sizes_in_results_md_are_the_shipped_measurements():
         assert measured["dataset"] in UNSEEN_DEMOS
         ratios = [f"{100 * row['ratio_translation']:.0f}%" for row in measured["table"][:3]]
         assert f"| {name} | " + " | ".join(ratios) + " |" in text
+
+
+def image_swap_table() -> str:
+    """The error of the first chunks' translation (share of the labels), own cameras / swapped, per model."""
+    folder = RESULTS / "feedback_v2" / "action_error"
+    lines = []
+    for name, stem in IMAGE_SWAPS.items():
+        own, swapped = (json.loads((folder / f"{stem}{suffix}.json").read_text()) for suffix in ("", "_swapped"))
+        assert own["dataset"] in UNSEEN_DEMOS and swapped["swap_images"] and not own["swap_images"]
+        if not lines:
+            frames = [row["first_frame"] for row in own["table"]]
+            lines += ["| model | " + " | ".join(f"frame {f}" for f in frames) + " |", "|---|" + "---|" * len(frames)]
+            partner = swapped["table"]
+        lines.append(f"| {name} | " + " | ".join(
+            f"{100 * a['error_share_translation']:.0f}% / {100 * b['error_share_translation']:.0f}%"
+            for a, b in zip(own["table"], swapped["table"])) + " |")
+    lines.append("| the other episode's labels | " + " | ".join(
+        f"{100 * row['partner_share_translation']:.0f}%" for row in partner) + " |")
+    return "\n".join(lines)
+
+
+def test_the_image_swap_table_in_results_md_is_the_shipped_measurement():
+    assert image_swap_table() in (ROOT / "RESULTS.md").read_text()
+
+
+def test_the_grasp_offsets_in_results_md_are_the_shipped_measurement():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import grasp_offset
+
+    assert grasp_offset.report(json.loads(GRASPS.read_text())["episodes"]) in (ROOT / "RESULTS.md").read_text()
