@@ -8,6 +8,7 @@
 #                                               # item 10, the braking test; about 50 min)
 #   scripts/feedback_experiment.sh train        # the eight models, two at a time on one core each (about 4 h)
 #   scripts/feedback_experiment.sh train chunk chunk_recovery   # only these, in pairs
+#   LONE_CORES=0 LONE_THREADS=1 scripts/feedback_experiment.sh train NAME   # one model on core 0 only
 #   scripts/feedback_experiment.sh diagnose     # the corrective gain of each FAS-VLA model trained so far
 #   scripts/feedback_experiment.sh evaluate     # every model trained so far, mode and perturbation on the same 50
 #                                               # episodes (~2 h for four models; a later run adds the new ones)
@@ -126,8 +127,8 @@ case "${1:-}" in
     [ ${#names[@]} -gt 0 ] || names=(fas_stabilised fas_recovery chunk chunk_recovery fas_v1 fas_conditioning
                                      chunk_recovery_delay fas_recovery_delay)
     for ((i = 0; i < ${#names[@]}; i += 2)); do
-      if [ -z "${names[i + 1]:-}" ]; then  # a model alone gets both cores
-        train_one "${names[i]}" 0-1 2 &
+      if [ -z "${names[i + 1]:-}" ]; then  # a model alone gets both cores, unless LONE_CORES says otherwise
+        train_one "${names[i]}" "${LONE_CORES:-0-1}" "${LONE_THREADS:-2}" &
       else
         train_one "${names[i]}" 0 1 &
         train_one "${names[i + 1]}" 1 1 &
@@ -180,7 +181,8 @@ case "${1:-}" in
   objective_test)  # the braking test's model without the stabilising term, next to it (PLAN item 12)
     mkdir -p "$OUT/braking_test"
     cp -rn results/feedback_v2/braking_test/nominal "$OUT/braking_test/"  # the braking test's finished episodes
-    compare braking_test 0-1 --stream_model "$(trained fas_recovery_no_delay_kappa0)" --perturbations nominal
+    compare braking_test 0-1 --stream_model "$(trained fas_recovery_no_delay_kappa0)" --perturbations nominal \
+      --num_workers 2  # an environment process a core (what is recorded and how fast, never an outcome)
     pairs=()
     for mode in "open loop" synchronous anticipatory; do
       pairs+=(--pair "fas_recovery_no_delay_kappa0 $mode" "fas_recovery_no_delay $mode")
