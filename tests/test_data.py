@@ -9,6 +9,7 @@ episode or looks a video frame up at the wrong time fails against numbers it nev
 import copy
 import gc
 import json
+import os
 import re
 import pickle
 import shutil
@@ -188,6 +189,17 @@ def test_video_frames_are_the_written_frames_within_codec_error(roots, expected,
     expected_files = NUM_EPISODES if CONFIGS[name]["version"] == "v2.1" else \
         -(-NUM_EPISODES // (CONFIGS[name].get("episodes_per_file") or NUM_EPISODES))
     assert len(per_file) == expected_files
+
+
+@pytest.mark.parametrize("codec", ["libsvtav1", "libx264"])
+def test_encoding_leaves_the_threads_scheduling_as_it_was(tmp_path, codec):
+    """Run as root, SVT-AV1 made the encoding thread real-time (SCHED_FIFO 99) for good: every later busy loop of the
+    process starved the other processes of its core (a DataLoader's workers never ran)."""
+    from fasvla.data.video import write_video
+
+    before = os.sched_getscheduler(0), os.sched_getparam(0)
+    write_video(tmp_path / "clip.mp4", np.zeros((3, 32, 32, 3), np.uint8), fps=10, codec=codec)
+    assert (os.sched_getscheduler(0), os.sched_getparam(0)) == before
 
 
 @pytest.mark.parametrize("name", [n for n in VIDEO_CONFIGS if CONFIGS[n]["codec"] == "libx264"])

@@ -4,6 +4,7 @@ import gc
 import os
 import weakref
 from collections import OrderedDict
+from contextlib import contextmanager
 from pathlib import Path
 
 import av
@@ -85,6 +86,19 @@ def _forget_inherited_files() -> None:
 os.register_at_fork(before=gc.freeze, after_in_parent=gc.unfreeze, after_in_child=_forget_inherited_files)
 
 
+@contextmanager
+def _scheduling_kept():
+    """Restores the calling thread's scheduling policy and priority on exit. Run as root, the SVT-AV1 encoder leaves
+    the thread that opened it real-time (SCHED_FIFO, priority 99; measured with PyAV 18.1's SVT-AV1 4.1): whatever
+    that thread does next, a training loop or a busy wait, then starves every other process on its core."""
+    policy, param = os.sched_getscheduler(0), os.sched_getparam(0)
+    try:
+        yield
+    finally:
+        if (os.sched_getscheduler(0), os.sched_getparam(0)) != (policy, param):
+            os.sched_setscheduler(0, policy, param)
+
+
 def write_video(path: Path, frames: np.ndarray, fps: int, codec: str = "libsvtav1") -> dict:
     """Encode (T, H, W, 3) uint8 frames at `fps`; returns LeRobot's video info for meta/info.json.
 
@@ -92,7 +106,7 @@ def write_video(path: Path, frames: np.ndarray, fps: int, codec: str = "libsvtav
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     height, width = frames.shape[1:3]
-    with av.open(str(path), mode="w") as container:
+    with _scheduling_kept(), av.open(str(path), mode="w") as container:
         stream = container.add_stream(codec, rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.options = {"g": "2"} if codec != "libsvtav1" else {"g": "2", "crf": "30", "preset": "11", "svtav1-params": "log-level=0"}
