@@ -26,14 +26,17 @@ FEEDBACK_EXPERIMENT = [RESULTS / "feedback_v2" / name for name in ("evaluation",
 GAINS = {"first version (shipped)": RESULTS / "feedback_v2" / "sensitivity_shipped_fasvla.json",
          "`fas_stabilised`": RESULTS / "feedback_v2" / "sensitivity" / "fas_stabilised_unseen.json",
          "`fas_recovery`": RESULTS / "feedback_v2" / "sensitivity" / "fas_recovery_unseen.json",
-         "`fas_recovery_no_delay`": RESULTS / "feedback_v2" / "sensitivity" / "fas_recovery_no_delay_unseen.json"}
+         "`fas_recovery_no_delay`": RESULTS / "feedback_v2" / "sensitivity" / "fas_recovery_no_delay_unseen.json",
+         "`fas_recovery_no_delay_kappa0`":
+             RESULTS / "feedback_v2" / "sensitivity" / "fas_recovery_no_delay_kappa0_unseen.json"}
 # the action sizes in RESULTS.md, on the same unseen demonstrations (benchmarks/action_scale.py)
 SCALES = {"first version (shipped)": RESULTS / "feedback_v2" / "action_scale" / "shipped_fasvla.json",
           "chunk baseline (shipped)": RESULTS / "feedback_v2" / "action_scale" / "shipped_chunk.json",
           "`fas_recovery_no_delay`": RESULTS / "feedback_v2" / "action_scale" / "fas_recovery_no_delay_unseen.json"}
 # the planned actions' error with each frame's own cameras and with another episode's (action_scale.py --swap_images)
 IMAGE_SWAPS = {"first version (shipped)": "shipped_fasvla", "chunk baseline (shipped)": "shipped_chunk",
-               "`fas_recovery_no_delay`": "fas_recovery_no_delay"}
+               "`fas_recovery_no_delay`": "fas_recovery_no_delay",
+               "`fas_recovery_no_delay_kappa0`": "fas_recovery_no_delay_kappa0"}
 GRASPS = RESULTS / "feedback_v2" / "grasp_offset" / "fas_recovery_no_delay_open_loop.json"
 # the unseen demonstrations, generated twice by the same command on two machines (PLAN items 1 and 10)
 UNSEEN_DEMOS = {"outputs/demos_random_eval/dataset", "outputs/feedback_v2/demos_unseen/dataset"}
