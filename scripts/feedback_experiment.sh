@@ -16,6 +16,7 @@
 #   scripts/feedback_experiment.sh braking_test # fas_recovery_no_delay nominally, every mode (~10 min)
 #   scripts/feedback_experiment.sh objective_test   # the same without the stabilising term (PLAN item 12)
 #   scripts/feedback_experiment.sh image_test   # do the models look? image swaps and grasp offsets (PLAN item 13)
+#   scripts/feedback_experiment.sh train fas_recovery_no_delay_kfb0.5 fas_recovery_no_delay_kfb1   # PLAN item 14
 #   scripts/feedback_experiment.sh sweep        # the inference-delay sweep, with and without delay training (~1 h)
 #   scripts/feedback_experiment.sh realtime     # real time, prefix pipelining on (the default) and off (~30 min)
 #
@@ -37,7 +38,10 @@ DELAY_TRAINING=(--max_observation_delay 8)
 declare -A MODEL_DATA=([chunk]=demos [chunk_recovery]=demos_recovery [fas_v1]=demos [fas_conditioning]=demos
                        [fas_stabilised]=demos [fas_recovery]=demos_recovery [chunk_recovery_delay]=demos_recovery
                        [fas_recovery_delay]=demos_recovery [fas_recovery_no_delay]=demos_recovery_no_delay
-                       [fas_recovery_no_delay_kappa0]=demos_recovery_no_delay)
+                       [fas_recovery_no_delay_kappa0]=demos_recovery_no_delay
+                       [fas_recovery_no_delay_kfb0.5]=demos_recovery_no_delay
+                       [fas_recovery_no_delay_kfb1]=demos_recovery_no_delay
+                       [fas_recovery_no_delay_kfb2]=demos_recovery_no_delay)
 declare -A MODEL_OPTIONS=([chunk]="--objective chunk" [chunk_recovery]="--objective chunk"
                           [fas_v1]="--objective stream_joint"
                           [fas_conditioning]="--objective stream_joint ${CONDITIONING[*]}"
@@ -46,7 +50,10 @@ declare -A MODEL_OPTIONS=([chunk]="--objective chunk" [chunk_recovery]="--object
                           [chunk_recovery_delay]="--objective chunk ${DELAY_TRAINING[*]}"
                           [fas_recovery_delay]="--objective stream_joint ${STABILISED[*]} ${DELAY_TRAINING[*]}"
                           [fas_recovery_no_delay]="--objective stream_joint ${STABILISED[*]}"
-                          [fas_recovery_no_delay_kappa0]="--objective stream_joint ${CONDITIONING[*]}")
+                          [fas_recovery_no_delay_kappa0]="--objective stream_joint ${CONDITIONING[*]}"
+                          [fas_recovery_no_delay_kfb0.5]="--objective stream_joint ${CONDITIONING[*]} --feedback_kappa 0.5"
+                          [fas_recovery_no_delay_kfb1]="--objective stream_joint ${CONDITIONING[*]} --feedback_kappa 1"
+                          [fas_recovery_no_delay_kfb2]="--objective stream_joint ${CONDITIONING[*]} --feedback_kappa 2")
 EPISODES=(--task_suite_name libero_object --task_ids 0 1 2 3 4 --first_trial 0 --num_trials_per_task 10
           --resolution 128 --max_episodes_rendered 1)
 
@@ -140,7 +147,8 @@ case "${1:-}" in
     ;;
   diagnose)
     for name in fas_stabilised fas_recovery fas_v1 fas_conditioning fas_recovery_delay fas_recovery_no_delay \
-                fas_recovery_no_delay_kappa0; do
+                fas_recovery_no_delay_kappa0 fas_recovery_no_delay_kfb0.5 fas_recovery_no_delay_kfb1 \
+                fas_recovery_no_delay_kfb2; do
       [ -f "$OUT/runs/$name/model/config.json" ] || continue
       sensitivity=(benchmarks/feedback_sensitivity.py --model "$OUT/runs/$name/model"
                    --dataset "$OUT/${MODEL_DATA[$name]}/dataset")
@@ -195,7 +203,8 @@ case "${1:-}" in
     # shellcheck disable=SC2046  # one word a model
     for pair in shipped_fasvla=checkpoints/fasvla-small-libero-object \
                 shipped_chunk=checkpoints/chunk-small-libero-object \
-                $(trained fas_recovery_no_delay fas_recovery_no_delay_kappa0); do
+                $(trained fas_recovery_no_delay fas_recovery_no_delay_kappa0 fas_recovery_no_delay_kfb0.5 \
+                          fas_recovery_no_delay_kfb1 fas_recovery_no_delay_kfb2); do
       name=${pair%%=*} model=${pair#*=}
       for swap in "" --swap_images; do
         out=$OUT/action_error_$name${swap:+_swapped}.json
