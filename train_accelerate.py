@@ -264,6 +264,8 @@ def main(argv=None):
     save_model(args, accelerator, model, processor, len(trainable), step, step - first_step,
                time.perf_counter() - started)
     accelerator.end_training()
+    if torch.distributed.is_initialized():  # without it, a rank whose peers have exited can hang in gloo's teardown
+        torch.distributed.destroy_process_group()
 
 
 def make_accelerator(args) -> Accelerator:
