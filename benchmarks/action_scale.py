@@ -111,12 +111,13 @@ def measure(model, processor, dataset: LeRobotDataset, episodes: list[int], args
         torch.manual_seed(args.seed + chunk)
         planned = planned_actions(model, inputs, cumulative[rows], previous, steps)  # (B, n, d_a)
         labels = np.stack([actions[row:row + steps] for row in rows])  # (B, n, d_a)
+        if args.swap_images:  # the labels of the frames whose cameras were seen
+            seen = np.stack([actions[row:row + steps] for row in seen_from])  # (B, n, d_a)
         for part, dims in PARTS.items():
             norms[f"model_{part}"][rows_of, chunk] = np.linalg.norm(planned[..., dims], axis=-1).mean(-1)
             norms[f"expert_{part}"][rows_of, chunk] = np.linalg.norm(labels[..., dims], axis=-1).mean(-1)
             norms[f"error_{part}"][rows_of, chunk] = np.linalg.norm((planned - labels)[..., dims], axis=-1).mean(-1)
-            if args.swap_images:  # the labels of the frames whose cameras were seen
-                seen = np.stack([actions[row:row + steps] for row in seen_from])
+            if args.swap_images:
                 norms[f"partner_{part}"][rows_of, chunk] = np.linalg.norm((seen - labels)[..., dims],
                                                                           axis=-1).mean(-1)
     return norms
