@@ -16,7 +16,7 @@
 #   scripts/feedback_experiment.sh braking_test # fas_recovery_no_delay nominally, every mode (~10 min)
 #   scripts/feedback_experiment.sh objective_test   # the same without the stabilising term (PLAN item 12)
 #   scripts/feedback_experiment.sh image_test   # do the models look? image swaps and grasp offsets (PLAN item 13)
-#   scripts/feedback_experiment.sh train fas_recovery_no_delay_kfb0.5 fas_recovery_no_delay_kfb1   # PLAN item 14
+#   scripts/feedback_experiment.sh train fas_recovery_no_delay_kfb1 fas_recovery_no_delay_kfb2   # PLAN item 14
 #   scripts/feedback_experiment.sh sweep        # the inference-delay sweep, with and without delay training (~1 h)
 #   scripts/feedback_experiment.sh realtime     # real time, prefix pipelining on (the default) and off (~30 min)
 #
