@@ -18,7 +18,6 @@ import shutil
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.utils import set_seed
@@ -29,10 +28,10 @@ from fasvla.data.lerobot_dataset import LeRobotDataset
 from fasvla.distributed import cpu_process_group_needed
 from fasvla.data.samples import TrainingCollator, TrajectorySamples, split_episodes
 from fasvla.data.stats import dataset_norm_stats
-from fasvla.state_response import DEFAULT_RIDGE, fit_state_response
+from fasvla.state_response import DEFAULT_RIDGE
 from fasvla.tiny import tiny_tokenizer
-from fasvla.training import (FREEZE_MODES, freeze, latest_checkpoint, load_processor, load_smolvlm_backbone,
-                             lr_multiplier, make_optimizer, new_config, parameter_checksum)
+from fasvla.training import (FREEZE_MODES, fit_feedback_matrix, freeze, latest_checkpoint, load_processor,
+                             load_smolvlm_backbone, lr_multiplier, make_optimizer, new_config, parameter_checksum)
 from modeling_fasvla import FasVLAForActionPrediction
 from processing_fasvla import FasVLAProcessor
 
@@ -162,18 +161,6 @@ def placeholder_feedback_matrix(fields: dict) -> list[list[float]]:
     return [[0.0] * fields["state_dim"] for _ in range(fields["action_dim"])]
 
 
-def fit_feedback_matrix(model, dataset: LeRobotDataset, args) -> np.ndarray:
-    """G of feedback-consistent stabilisation: the ridge pseudo-inverse of the state's response to the actions,
-    fitted on the whole dataset in the model's normalised units (fasvla/state_response.py)."""
-    normalizer = model.normalizer
-    with torch.no_grad():
-        states = normalizer.normalize_state(torch.as_tensor(dataset.column(args.state_key), dtype=torch.float32))
-        actions = normalizer.normalize_action(torch.as_tensor(dataset.column(args.action_key), dtype=torch.float32))
-    response = fit_state_response(states.numpy(), actions.numpy(), [e.start for e in dataset.episodes],
-                                  args.feedback_ridge, model.config.absolute_action_dims)
-    return response.G
-
-
 def resume(requested: str | None, checkpoint_dir: Path, accelerator) -> int:
     """Load the requested Accelerate state (a folder, or 'latest'); returns the step to continue from."""
     if requested is None:
@@ -241,7 +228,8 @@ def main(argv=None):
     stats, computed = dataset_norm_stats(dataset, args.state_key, args.action_key)
     model.set_norm_stats(stats)
     if model.config.feedback_kappa > 0:  # G in the units of these statistics
-        model.set_feedback_matrix(fit_feedback_matrix(model, dataset, args))
+        model.set_feedback_matrix(fit_feedback_matrix(model, dataset, args.state_key, args.action_key,
+                                                       args.feedback_ridge))
     if args.max_observation_delay is not None:
         model.config.max_observation_delay = args.max_observation_delay
     train_loader, val_loader = make_loaders(args, dataset, model.config, processor, camera_keys)

@@ -5,9 +5,11 @@ import math
 import re
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from configuration_fasvla import FasVLAConfig
+from fasvla.state_response import fit_state_response
 from fasvla.tiny import small_config, tiny_config
 from modeling_fasvla import FasVLAForActionPrediction
 from processing_fasvla import FasVLAImageProcessor, FasVLAProcessor
@@ -118,3 +120,16 @@ def parameter_checksum(model) -> float:
     """A float64 sum over every parameter, to check that distributed ranks hold the same weights."""
     with torch.no_grad():
         return float(sum(p.double().sum() for p in model.parameters()))
+
+
+def fit_feedback_matrix(model, dataset, state_key: str, action_key: str, ridge: float) -> np.ndarray:
+    """G (d_a, d_s): the ridge pseudo-inverse of the state's response to the actions, fitted on the whole LeRobot
+    `dataset` in the model's normalised units (fasvla/state_response.py): what feedback-consistent stabilisation
+    trains with and tracking corrects with."""
+    normalizer = model.normalizer
+    with torch.no_grad():
+        states = normalizer.normalize_state(torch.as_tensor(dataset.column(state_key), dtype=torch.float32))
+        actions = normalizer.normalize_action(torch.as_tensor(dataset.column(action_key), dtype=torch.float32))
+    response = fit_state_response(states.numpy(), actions.numpy(), [e.start for e in dataset.episodes], ridge,
+                                  model.config.absolute_action_dims)
+    return response.G

@@ -17,6 +17,8 @@
 #   scripts/feedback_experiment.sh objective_test   # the same without the stabilising term (PLAN item 12)
 #   scripts/feedback_experiment.sh image_test   # do the models look? image swaps and grasp offsets (PLAN item 13)
 #   scripts/feedback_experiment.sh train fas_recovery_no_delay_kfb1 fas_recovery_no_delay_kfb2   # PLAN item 14
+#   scripts/feedback_experiment.sh tracking_test    # the kappa 0 model tracking its plan, every mode and
+#                                               # perturbation (PLAN item 16, ~1.5 h on 2 cores)
 #   scripts/feedback_experiment.sh sweep        # the inference-delay sweep, with and without delay training (~1 h)
 #   scripts/feedback_experiment.sh realtime     # real time, prefix pipelining on (the default) and off (~30 min)
 #
@@ -41,7 +43,8 @@ declare -A MODEL_DATA=([chunk]=demos [chunk_recovery]=demos_recovery [fas_v1]=de
                        [fas_recovery_no_delay_kappa0]=demos_recovery_no_delay
                        [fas_recovery_no_delay_kfb0.5]=demos_recovery_no_delay
                        [fas_recovery_no_delay_kfb1]=demos_recovery_no_delay
-                       [fas_recovery_no_delay_kfb2]=demos_recovery_no_delay)
+                       [fas_recovery_no_delay_kfb2]=demos_recovery_no_delay
+                       [chunk_recovery_no_delay]=demos_recovery_no_delay)
 declare -A MODEL_OPTIONS=([chunk]="--objective chunk" [chunk_recovery]="--objective chunk"
                           [fas_v1]="--objective stream_joint"
                           [fas_conditioning]="--objective stream_joint ${CONDITIONING[*]}"
@@ -53,7 +56,8 @@ declare -A MODEL_OPTIONS=([chunk]="--objective chunk" [chunk_recovery]="--object
                           [fas_recovery_no_delay_kappa0]="--objective stream_joint ${CONDITIONING[*]}"
                           [fas_recovery_no_delay_kfb0.5]="--objective stream_joint ${CONDITIONING[*]} --feedback_kappa 0.5"
                           [fas_recovery_no_delay_kfb1]="--objective stream_joint ${CONDITIONING[*]} --feedback_kappa 1"
-                          [fas_recovery_no_delay_kfb2]="--objective stream_joint ${CONDITIONING[*]} --feedback_kappa 2")
+                          [fas_recovery_no_delay_kfb2]="--objective stream_joint ${CONDITIONING[*]} --feedback_kappa 2"
+                          [chunk_recovery_no_delay]="--objective chunk")
 EPISODES=(--task_suite_name libero_object --task_ids 0 1 2 3 4 --first_trial 0 --num_trials_per_task 10
           --resolution 128 --max_episodes_rendered 1)
 
@@ -182,6 +186,19 @@ case "${1:-}" in
     compare evaluation 1 "${models[@]}" "${perturbed[@]}" --perturbations push "action noise" &
     wait_all
     compare evaluation 0-1 "${models[@]}" "${perturbed[@]}"
+    ;;
+  tracking_test)  # the kappa 0 model tracking its own plan (PLAN item 16), two perturbations a core at a time
+    tracked="$OUT/models/fas_recovery_no_delay_kappa0_track4"
+    [ -f "$tracked/config.json" ] || "$PYTHON" scripts/add_tracking.py --tracking_kappa 4 --output "$tracked" \
+      --model "$(trained fas_recovery_no_delay_kappa0 | cut -d= -f2)" \
+      --matrix_from "$(trained fas_recovery_no_delay | cut -d= -f2)"
+    model=(--stream_model "fas_recovery_no_delay_kappa0_track4=$tracked")
+    perturbed=(--action_noise 0.1 --action_delay 2 --push 40 0 60 0 4)
+    compare tracking_test "${TRACKING_CORES:-0}" "${model[@]}" "${perturbed[@]}" --perturbations "action noise" push &
+    compare tracking_test "${TRACKING_CORES2:-1}" "${model[@]}" "${perturbed[@]}" --perturbations "action delay" \
+      nominal &
+    wait_all
+    compare tracking_test 0-1 "${model[@]}" "${perturbed[@]}" --report_only
     ;;
   braking_test)
     compare braking_test 0-1 --stream_model "$(trained fas_recovery_no_delay)" --perturbations nominal
