@@ -131,6 +131,10 @@ class FasVLAConfig(PreTrainedConfig):
             (its own increments from `S_in_0`) and `S_in` the state it is fed. Open loop is unchanged (`S_in` is the
             plan); fed a measured state, the actions bring it back to the plan at that rate. 0: no correction
             beyond what the network learnt. Needs `feedback_matrix` (streaming_fasvla.py).
+        tracking_state_dims (`list[int]`, *optional*):
+            The state dimensions whose displacement tracking corrects (default: all). LIBERO: `[0, 1, 2]`, the
+            position; an axis-angle rotation is no vector space (near pi its coordinates jump), and a linear fit of
+            its response to the actions holds only near the demonstrations' orientation.
         feedback_matrix (`list[list[float]]`, *optional*):
             G (action_dim x state_dim, normalised units): the action increments that remove a state displacement, the
             ridge pseudo-inverse of the state's response to the actions fitted on the training data
@@ -196,6 +200,7 @@ class FasVLAConfig(PreTrainedConfig):
     feedback_kappa: float = 0.0
     kappa_a: float | None = None
     tracking_kappa: float = 0.0
+    tracking_state_dims: list[int] | None = None
     feedback_matrix: list[list[float]] | None = None
     max_observation_delay: int = 0
     prefix_state_gate: bool = True
@@ -273,6 +278,11 @@ class FasVLAConfig(PreTrainedConfig):
                 _fail(name, f"0 for objective '{self.objective}' (no state in its trajectory)", getattr(self, name))
             if getattr(self, name) > 0 and self.feedback_matrix is None:
                 _fail("feedback_matrix", f"G, an action_dim x state_dim matrix, when {name} > 0", None)
+        tracked = self.tracking_state_dims
+        if tracked is not None and (not isinstance(tracked, (list, tuple)) or not tracked or len(set(tracked)) != len(
+                tracked) or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < self.state_dim
+                                    for d in tracked)):
+            _fail("tracking_state_dims", f"None or distinct state indices in [0, {self.state_dim})", tracked)
         matrix = self.feedback_matrix
         if matrix is not None and (not isinstance(matrix, (list, tuple)) or len(matrix) != self.action_dim or any(
                 not isinstance(row, (list, tuple)) or len(row) != self.state_dim or

@@ -130,11 +130,8 @@ def stream_options(config, feedback_mode=None, feedback_gain=None, n_action_step
 
 def tracking_matrix(model, device) -> torch.Tensor | None:
     """(kappa_t / H) G^T (d_s, d_a): a step's action correction per unit of `s_plan - S_in`; None without tracking."""
-    config = model.config
-    if not (config.uses_state_trajectory and config.tracking_kappa > 0):
-        return None
-    G = model.feedback_matrix(device) * ~model.absolute_action_mask(device)[:, None]  # levels are not corrected
-    return G.T * (config.tracking_kappa / config.chunk_size)
+    G = model.tracking_matrix(device)
+    return None if G is None else G.T / model.config.chunk_size
 
 
 def make_feedback(options: StreamOptions, like: torch.Tensor):

@@ -125,6 +125,7 @@ def main(argv=None) -> dict:
     if args.output:
         Path(args.output).write_text(json.dumps({
             "model": args.model, "dataset": args.dataset, "frames": len(gains.autograd), "summary": summary,
+            "tracking_kappa": model.config.tracking_kappa,
             "state_response_r2": response.r2.tolist(), "gains_autograd": gains.autograd.tolist(),
             "gains_finite_difference": gains.finite_difference.tolist()}, indent=1))
     return summary

@@ -10,7 +10,9 @@ do by `-kappa G u`, G mapping a state displacement to the actions that remove it
 
 is 1 when the action undoes the displacement at the rate the stabilisation asks for, 0 when it ignores it and < 0
 when it makes it worse. `J u` is measured twice: by central finite differences of the streamed step and by autograd
-through it; the two must agree.
+through it; the two must agree. A model that tracks its plan (`config.tracking_kappa` = kappa_t, streaming_fasvla.py)
+adds `kappa_t G (s_plan - S_in)` to `v_A` outside the network: with the plan fixed, `J` gains `-kappa_t G` on the
+integrated action dimensions, counted in both estimates (a gain of kappa_t / kappa by construction).
 """
 
 from dataclasses import dataclass
@@ -60,9 +62,17 @@ def finite_difference_jacobian(model, cache, A: torch.Tensor, S: torch.Tensor, t
     return torch.stack(columns, dim=2)
 
 
+def tracking_jacobian(model, device) -> torch.Tensor | None:
+    """dv_A / dS_in (d_a, d_s) of the tracking correction with the plan fixed, `-kappa_t G` where it tracks (the
+    model's `tracking_matrix`); None for a model that does not track."""
+    G = model.tracking_matrix(device)
+    return None if G is None else -G
+
+
 def corrective_gains(model, cache, A: torch.Tensor, S: torch.Tensor, G: np.ndarray, kappa: float, tau: float = 0.0,
                      epsilon: float = 1e-2) -> Gains:
-    """The gain of a displacement along every state dimension, for a batch of frames (their prefix `cache`)."""
+    """The gain of a displacement along every state dimension, for a batch of frames (their prefix `cache`), of the
+    streamed step: the network's and, for a model that tracks its plan, the tracking correction's."""
     if not kappa > 0:
         raise ValueError(f"kappa must be > 0, got {kappa!r}")
     corrective = -torch.as_tensor(G, dtype=torch.float32, device=S.device)  # (d_a, d_s): column d answers e_d
@@ -76,6 +86,8 @@ def corrective_gains(model, cache, A: torch.Tensor, S: torch.Tensor, G: np.ndarr
 
     exact = state_jacobian(model, cache, A, S, tau)
     numeric = finite_difference_jacobian(model, cache, A, S, tau, epsilon)
+    if (tracking := tracking_jacobian(model, S.device)) is not None:
+        exact, numeric = exact + tracking, numeric + tracking
     return Gains(gains(numeric), gains(exact), (exact.norm(dim=1) / speed.clamp_min(1e-12)).cpu().numpy())
 
 

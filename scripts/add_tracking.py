@@ -28,6 +28,8 @@ def parse_args(argv=None):
     p.add_argument("--model", required=True, help="a saved stream_joint FAS-VLA folder")
     p.add_argument("--output", required=True, help="the new folder (must not exist)")
     p.add_argument("--tracking_kappa", type=float, required=True, help="kappa_t, the rate a displacement decays at")
+    p.add_argument("--state_dims", type=int, nargs="+", default=None,
+                   help="the state dimensions tracking corrects (default all; LIBERO's position: 0 1 2)")
     source = p.add_mutually_exclusive_group()
     source.add_argument("--dataset", help="LeRobot dataset to fit G on (the model's training data)")
     source.add_argument("--matrix_from", help="a saved model with the same statistics whose G to copy")
@@ -61,12 +63,13 @@ def main(argv=None) -> Path:
         raise ValueError(f"--output {output} exists: choose a new folder")
     config = FasVLAConfig.from_pretrained(source)
     fields = json.loads((source / "config.json").read_text())
-    fields.update(tracking_kappa=args.tracking_kappa, feedback_matrix=feedback_matrix(config, args))
+    fields.update(tracking_kappa=args.tracking_kappa, tracking_state_dims=args.state_dims,
+                  feedback_matrix=feedback_matrix(config, args))
     FasVLAConfig.from_dict(fields)  # every field validated (a G, a streaming objective) before anything is written
     shutil.copytree(source, output)
     (output / "config.json").write_text(json.dumps(fields, indent=2, sort_keys=True) + "\n")
-    print(f"{output}: tracking_kappa {args.tracking_kappa}, G {'fitted on ' + args.dataset if args.dataset else ''}"
-          f"{'from ' + args.matrix_from if args.matrix_from else ''}")
+    source_of_G = f"fitted on {args.dataset}" if args.dataset else f"from {args.matrix_from or args.model}"
+    print(f"{output}: tracking_kappa {args.tracking_kappa} on state dims {args.state_dims or 'all'}, G {source_of_G}")
     return output
 
 

@@ -17,8 +17,8 @@
 #   scripts/feedback_experiment.sh objective_test   # the same without the stabilising term (PLAN item 12)
 #   scripts/feedback_experiment.sh image_test   # do the models look? image swaps and grasp offsets (PLAN item 13)
 #   scripts/feedback_experiment.sh train fas_recovery_no_delay_kfb1 fas_recovery_no_delay_kfb2   # PLAN item 14
-#   scripts/feedback_experiment.sh tracking_test    # the kappa 0 model tracking its plan, every mode and
-#                                               # perturbation (PLAN item 16, ~1.5 h on 2 cores)
+#   scripts/feedback_experiment.sh tracking_test    # the kappa 0 model tracking its plan, every perturbation
+#                                               # (PLAN items 16-17, ~40 min on 2 cores)
 #   scripts/feedback_experiment.sh sweep        # the inference-delay sweep, with and without delay training (~1 h)
 #   scripts/feedback_experiment.sh realtime     # real time, prefix pipelining on (the default) and off (~30 min)
 #
@@ -187,18 +187,32 @@ case "${1:-}" in
     wait_all
     compare evaluation 0-1 "${models[@]}" "${perturbed[@]}"
     ;;
-  tracking_test)  # the kappa 0 model tracking its own plan (PLAN item 16), two perturbations a core at a time
-    tracked="$OUT/models/fas_recovery_no_delay_kappa0_track4"
-    [ -f "$tracked/config.json" ] || "$PYTHON" scripts/add_tracking.py --tracking_kappa 4 --output "$tracked" \
-      --model "$(trained fas_recovery_no_delay_kappa0 | cut -d= -f2)" \
-      --matrix_from "$(trained fas_recovery_no_delay | cut -d= -f2)"
-    model=(--stream_model "fas_recovery_no_delay_kappa0_track4=$tracked")
+  tracking_test)  # the kappa 0 model tracking its own plan (PLAN items 16-17), a core for each half
+    kappa0=$(trained fas_recovery_no_delay_kappa0 | cut -d= -f2)
+    G_from=$(trained fas_recovery_no_delay | cut -d= -f2)
+    full="$OUT/models/fas_recovery_no_delay_kappa0_track4" position="$OUT/models/fas_recovery_no_delay_kappa0_track4_position"
+    [ -f "$full/config.json" ] || "$PYTHON" scripts/add_tracking.py --tracking_kappa 4 --output "$full" \
+      --model "$kappa0" --matrix_from "$G_from"
+    [ -f "$position/config.json" ] || "$PYTHON" scripts/add_tracking.py --tracking_kappa 4 --state_dims 0 1 2 \
+      --output "$position" --model "$kappa0" --matrix_from "$G_from"
+    "$PYTHON" scripts/sync_checkpoint_code.py "$full" "$position" > /dev/null  # their remote code, for AutoProcessor
+    models=(--stream_model "fas_recovery_no_delay_kappa0_track4=$full"
+            "fas_recovery_no_delay_kappa0_track4_position=$position")
     perturbed=(--action_noise 0.1 --action_delay 2 --push 40 0 60 0 4)
-    compare tracking_test "${TRACKING_CORES:-0}" "${model[@]}" "${perturbed[@]}" --perturbations "action noise" push &
-    compare tracking_test "${TRACKING_CORES2:-1}" "${model[@]}" "${perturbed[@]}" --perturbations "action delay" \
+    # item 16 ran the full G's three modes under noise and delay, then stopped (item 17); open loop is the same
+    # policy for both (tracking changes nothing there), so the position variant runs the fed-back modes only
+    policies=(--policies "fas_recovery_no_delay_kappa0_track4 open loop"
+              "fas_recovery_no_delay_kappa0_track4_position synchronous"
+              "fas_recovery_no_delay_kappa0_track4_position anticipatory")
+    compare tracking_test 0 "${models[@]}" "${perturbed[@]}" "${policies[@]}" --perturbations "action noise" push &
+    compare tracking_test 1 "${models[@]}" "${perturbed[@]}" "${policies[@]}" --perturbations "action delay" \
       nominal &
     wait_all
-    compare tracking_test 0-1 "${model[@]}" "${perturbed[@]}" --report_only
+    pairs=()
+    for mode in synchronous anticipatory; do
+      pairs+=(--pair "fas_recovery_no_delay_kappa0_track4_position $mode" "fas_recovery_no_delay_kappa0_track4 open loop")
+    done
+    compare tracking_test 0-1 "${models[@]}" "${perturbed[@]}" "${policies[@]}" "${pairs[@]}" --report_only
     ;;
   braking_test)
     compare braking_test 0-1 --stream_model "$(trained fas_recovery_no_delay)" --perturbations nominal

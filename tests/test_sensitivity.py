@@ -64,9 +64,13 @@ class LinearFeedbackModel:
     """A streaming model whose action velocity is `v_A = -gain * kappa * G S_in + W A`: its corrective gain is `gain`
     along every state dimension, whatever A."""
 
-    def __init__(self, G: np.ndarray, gain: float, kappa: float = 4.0):
-        self.config = SimpleNamespace(action_dim=7, state_dim=8, max_action_dim=16, kappa=kappa)
+    def __init__(self, G: np.ndarray, gain: float, kappa: float = 4.0, tracking_kappa: float = 0.0):
+        self.config = SimpleNamespace(action_dim=7, state_dim=8, max_action_dim=16, kappa=kappa,
+                                      tracking_kappa=tracking_kappa)
         self.G, self.gain, self.W = torch.as_tensor(G, dtype=torch.float32), gain, torch.randn(7, 7)
+
+    def tracking_matrix(self, device):  # as FasVLAForActionPrediction's: kappa_t G, None without tracking
+        return self.config.tracking_kappa * self.G.to(device) if self.config.tracking_kappa else None
 
     def stream_velocity(self, cache, x, time):  # x (B, 1, 16) -> (B, 1, 16)
         A, S = x[..., :7], x[..., 7:15]
@@ -85,6 +89,15 @@ def test_a_model_built_with_a_known_gain_measures_that_gain(gain):
     np.testing.assert_allclose(measured.finite_difference, gain, atol=1e-4)
     summary = group_summary(measured)
     assert set(summary) == set(STATE_GROUPS) and abs(summary["position"]["gain"] - gain) < 1e-5
+
+
+def test_tracking_adds_its_rate_over_kappa_to_the_networks_gain():
+    B, *_ = response_data()
+    G = ridge_pseudo_inverse(B, 0.0)
+    model = LinearFeedbackModel(G, 0.25, tracking_kappa=2.0)  # kappa 4: tracking alone undoes half the rate
+    measured = corrective_gains(model, None, torch.randn(5, 7), torch.randn(5, 8), G, model.config.kappa, tau=0.3)
+    np.testing.assert_allclose(measured.autograd, 0.75, atol=1e-5)
+    np.testing.assert_allclose(measured.finite_difference, 0.75, atol=1e-4)
 
 
 def test_on_a_real_model_finite_differences_agree_with_autograd(joint, inputs_of):

@@ -3,12 +3,13 @@ itself. On a linear robot whose motion the stream predicts, a push decays at the
 and only where the stream is fed the measured state."""
 
 import copy
+import json
 
 import numpy as np
 import pytest
 import torch
 
-from fasvla.state_response import ridge_pseudo_inverse
+from fasvla.state_response import DEFAULT_RIDGE, ridge_pseudo_inverse
 
 PUSH_STEP = 2  # the push lands after action 1: the state measured before action 2 carries it
 
@@ -97,6 +98,20 @@ def test_open_loop_never_sees_the_push(robot_and_models):
     np.testing.assert_allclose(deviations[PUSH_STEP - 1:], np.linalg.norm(push), rtol=1e-4)
 
 
+def test_only_the_tracked_state_dimensions_are_corrected(robot_and_models):
+    """A push the tracked dimensions do not see goes uncorrected; one they see is brought back."""
+    B, push, inputs, models = robot_and_models
+    position = copy.deepcopy(models[4.0])
+    position.config.tracking_state_dims = [0, 1, 2]
+    null = np.linalg.svd(B[:3])[2][-1]  # an action that moves none of dims 0-2: its push is invisible to them
+    unseen = 0.3 * (B @ null) / np.linalg.norm(B @ null)
+    seen = np.concatenate([push[:3], np.zeros(5)])
+    uncorrected = deviations_after_a_push(position, inputs, "synchronous", B, unseen)
+    np.testing.assert_allclose(uncorrected[PUSH_STEP - 1:], 0.3, rtol=1e-4)
+    corrected = deviations_after_a_push(position, inputs, "synchronous", B, seen)
+    assert corrected[-1] < 0.5 * corrected[PUSH_STEP - 1]
+
+
 def test_tracking_leaves_open_loop_bit_for_bit_and_changes_fed_back_actions(joint, inputs_of):
     """With the real (tiny) network: open loop streams the same actions with and without tracking; fed measured
     states, the actions differ."""
@@ -135,3 +150,58 @@ def test_tracking_never_moves_an_absolute_dimension(joint, inputs_of):
     plain, corrected = actions(levels), actions(tracked)
     assert torch.equal(plain[:, 6], corrected[:, 6])
     assert (plain[1:, :6] - corrected[1:, :6]).abs().min() > 1e-4
+
+
+# -- scripts/add_tracking.py ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def saved_model(joint, tmp_path):
+    model, processor = joint
+    model.save_pretrained(tmp_path / "model")
+    processor.save_pretrained(tmp_path / "model")
+    return tmp_path / "model"
+
+
+def test_a_tracking_copy_keeps_the_weights_and_fits_g_as_training_does(saved_model, tmp_path):
+    from fasvla.data.lerobot_dataset import LeRobotDataset
+    from fasvla.data.synthetic import write_synthetic_dataset
+    from fasvla.training import fit_feedback_matrix, load_model_and_processor
+    from scripts import add_tracking
+
+    root = write_synthetic_dataset(tmp_path / "data", storage="image", num_episodes=4, min_length=12, max_length=16,
+                                   image_size=32, seed=1)
+    output = add_tracking.main(["--model", str(saved_model), "--dataset", str(root), "--tracking_kappa", "3",
+                                "--output", str(tmp_path / "tracked")])
+    tracked, _ = load_model_and_processor(str(output))
+    original, _ = load_model_and_processor(str(saved_model))
+    assert (output / "model.safetensors").read_bytes() == (saved_model / "model.safetensors").read_bytes()
+    assert tracked.config.tracking_kappa == 3.0 and original.config.tracking_kappa == 0.0
+    expected = fit_feedback_matrix(original, LeRobotDataset.open(root), "observation.state", "action", DEFAULT_RIDGE)
+    np.testing.assert_allclose(np.array(tracked.config.feedback_matrix), expected, rtol=1e-6, atol=1e-9)
+
+    assert tracked.config.tracking_state_dims is None
+    again = add_tracking.main(["--model", str(saved_model), "--matrix_from", str(output), "--tracking_kappa", "1",
+                               "--state_dims", "0", "1", "2", "--output", str(tmp_path / "copied")])
+    written = json.loads((again / "config.json").read_text())
+    assert written["feedback_matrix"] == tracked.config.feedback_matrix and written["tracking_state_dims"] == [0, 1, 2]
+    with pytest.raises(ValueError, match="--output .* exists"):
+        add_tracking.main(["--model", str(saved_model), "--matrix_from", str(output), "--tracking_kappa", "1",
+                           "--output", str(again)])
+
+
+def test_a_tracking_copy_refuses_a_g_in_other_units_or_none(saved_model, tmp_path):
+    from fasvla.tiny import tiny_model_and_processor, tiny_norm_stats
+    from scripts import add_tracking
+
+    stats = tiny_norm_stats(8, 7)
+    stats["state"]["std"] = [2 * v for v in stats["state"]["std"]]
+    other, processor = tiny_model_and_processor(seed=0, norm_stats=stats, feedback_kappa=1.0,
+                                                feedback_matrix=np.ones((7, 8)).tolist())
+    other.save_pretrained(tmp_path / "other")
+    with pytest.raises(ValueError, match="--matrix_from .* normalises differently"):
+        add_tracking.main(["--model", str(saved_model), "--matrix_from", str(tmp_path / "other"),
+                           "--tracking_kappa", "1", "--output", str(tmp_path / "tracked")])
+    with pytest.raises(ValueError, match="feedback_matrix"):  # the model holds no G and none was given
+        add_tracking.main(["--model", str(saved_model), "--tracking_kappa", "1", "--output", str(tmp_path / "t")])
+    assert not (tmp_path / "tracked").exists() and not (tmp_path / "t").exists()

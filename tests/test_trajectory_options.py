@@ -198,6 +198,8 @@ def test_an_ungated_prefix_state_reaches_the_expert_from_the_start(inputs_of):
     ({"prefix_state_gate": 0}, "prefix_state_gate"),
     ({"kappa_a": -1.0}, "kappa_a"),
     ({"tracking_kappa": -1.0}, "tracking_kappa"),
+    ({"tracking_state_dims": [8]}, "tracking_state_dims"),
+    ({"tracking_state_dims": []}, "tracking_state_dims"),
     ({"tracking_kappa": 4.0}, "feedback_matrix"),
     ({"tracking_kappa": 4.0, "objective": "chunk", "feedback_matrix": [[0.0] * 8] * 7}, "tracking_kappa"),
 ])
