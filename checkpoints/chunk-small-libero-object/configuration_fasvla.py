@@ -125,6 +125,16 @@ class FasVLAConfig(PreTrainedConfig):
             version (SFP's independent stabilisation), bit for bit. Needs `feedback_matrix`.
         kappa_a (`float`, *optional*):
             The decay rate of the action noise in the action target; defaults to `kappa`.
+        tracking_kappa (`float`, defaults to 0.0):
+            Inference only, >= 0: the stream adds the correction of feedback-consistent stabilisation itself instead
+            of learning it, `v_A += tracking_kappa G (s_plan - S_in)`, with `s_plan` the state the stream predicted
+            (its own increments from `S_in_0`) and `S_in` the state it is fed. Open loop is unchanged (`S_in` is the
+            plan); fed a measured state, the actions bring it back to the plan at that rate. 0: no correction
+            beyond what the network learnt. Needs `feedback_matrix` (streaming_fasvla.py).
+        tracking_state_dims (`list[int]`, *optional*):
+            The state dimensions whose displacement tracking corrects (default: all). LIBERO: `[0, 1, 2]`, the
+            position; an axis-angle rotation is no vector space (near pi its coordinates jump), and a linear fit of
+            its response to the actions holds only near the demonstrations' orientation.
         feedback_matrix (`list[list[float]]`, *optional*):
             G (action_dim x state_dim, normalised units): the action increments that remove a state displacement, the
             ridge pseudo-inverse of the state's response to the actions fitted on the training data
@@ -189,6 +199,8 @@ class FasVLAConfig(PreTrainedConfig):
     center_state: bool = False
     feedback_kappa: float = 0.0
     kappa_a: float | None = None
+    tracking_kappa: float = 0.0
+    tracking_state_dims: list[int] | None = None
     feedback_matrix: list[list[float]] | None = None
     max_observation_delay: int = 0
     prefix_state_gate: bool = True
@@ -243,7 +255,7 @@ class FasVLAConfig(PreTrainedConfig):
         _check_int("max_observation_delay", self.max_observation_delay, minimum=0)
         _check_int("num_expert_layers", self.num_expert_layers, minimum=None)
         for name in ("sigma0", "kappa", "action_loss_weight", "state_loss_weight", "feedback_gain", "norm_eps",
-                     "feedback_kappa", "kappa_a"):
+                     "feedback_kappa", "kappa_a", "tracking_kappa"):
             _check_number(name, getattr(self, name), minimum=0.0)
         for name in ("expert_width_multiplier", "rope_theta", "min_period", "max_period"):
             _check_number(name, getattr(self, name), minimum=0.0, strict=True)
@@ -261,11 +273,16 @@ class FasVLAConfig(PreTrainedConfig):
         if not isinstance(dims, (list, tuple)) or len(set(dims)) != len(dims) or not all(
                 isinstance(d, int) and not isinstance(d, bool) and 0 <= d < self.action_dim for d in dims):
             _fail("absolute_action_dims", f"distinct action indices in [0, {self.action_dim})", dims)
-        if self.feedback_kappa > 0 and not self.uses_state_trajectory:
-            _fail("feedback_kappa", f"0 for objective '{self.objective}' (no state in its trajectory)",
-                  self.feedback_kappa)
-        if self.feedback_kappa > 0 and self.feedback_matrix is None:
-            _fail("feedback_matrix", "G, an action_dim x state_dim matrix, when feedback_kappa > 0", None)
+        for name in ("feedback_kappa", "tracking_kappa"):
+            if getattr(self, name) > 0 and not self.uses_state_trajectory:
+                _fail(name, f"0 for objective '{self.objective}' (no state in its trajectory)", getattr(self, name))
+            if getattr(self, name) > 0 and self.feedback_matrix is None:
+                _fail("feedback_matrix", f"G, an action_dim x state_dim matrix, when {name} > 0", None)
+        tracked = self.tracking_state_dims
+        if tracked is not None and (not isinstance(tracked, (list, tuple)) or not tracked or len(set(tracked)) != len(
+                tracked) or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < self.state_dim
+                                    for d in tracked)):
+            _fail("tracking_state_dims", f"None or distinct state indices in [0, {self.state_dim})", tracked)
         matrix = self.feedback_matrix
         if matrix is not None and (not isinstance(matrix, (list, tuple)) or len(matrix) != self.action_dim or any(
                 not isinstance(row, (list, tuple)) or len(row) != self.state_dim or

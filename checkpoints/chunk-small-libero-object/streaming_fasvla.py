@@ -27,6 +27,15 @@ the predicted increment", `s_obs_k + delta_S_k`. The two agree in open loop, whe
 Sending None means "no new measurement": anticipatory adds no residual (each one corrects a single step: re-adding
 it would turn one push into a drift), synchronous falls back to the prediction.
 
+Tracking (`config.tracking_kappa` = kappa_t > 0) adds the correction of feedback-consistent stabilisation at
+inference instead of relying on the network to have learnt it: with `s_plan_k = S_in_0 + delta_S_0 + ... +
+delta_S_{k-1}` (the state the stream predicted, whatever it was fed),
+
+    a_{t+k} = delta_A + (kappa_t / H) G (s_plan_k - S_in_k)
+
+In open loop `S_in_k = s_plan_k` bit for bit, so nothing changes; fed a measured state, a displacement from the plan
+decays at rate kappa_t, as the stabilising flow asks (`u_S = dxi_S - kappa n_S`), through the actions that remove it.
+
 In real time the anticipatory step k + 1 is computed before s_obs_{k+1} exists, so a real-time runner splits `send`:
 `observe(s_obs_k)` as soon as the state measured before a_{t+k} ran arrives (it sets r_k against S_in_k), then
 `send(None)` computes step k + 1 (fasvla/realtime.py).
@@ -119,6 +128,12 @@ def stream_options(config, feedback_mode=None, feedback_gain=None, n_action_step
     return StreamOptions(mode, float(gain), steps)
 
 
+def tracking_matrix(model, device) -> torch.Tensor | None:
+    """(kappa_t / H) G^T (d_s, d_a): a step's action correction per unit of `s_plan - S_in`; None without tracking."""
+    G = model.tracking_matrix(device)
+    return None if G is None else G.T / model.config.chunk_size
+
+
 def make_feedback(options: StreamOptions, like: torch.Tensor):
     if options.feedback_mode == "anticipatory":
         return AnticipatoryFeedback(options.feedback_gain, like)
@@ -153,7 +168,8 @@ class ActionStream(Generator):
         self._state_input = None  # S_in
         if self._joint:
             self._state_input = self._normalizer.normalize_state(state) if state_input is None else state_input
-        self._predicted = self._state_input  # s_hat
+        self._predicted = self._plan = self._state_input  # s_hat, s_plan
+        self._tracking = tracking_matrix(model, self._device)  # (d_s, d_a) or None
         self._state_increments = []  # delta_S of every step streamed (normalised): the motion the stream predicted
         self._feedback = make_feedback(options, state.float())
         # tau_k = k / H for every step, (n_action_steps, B, 1), so the step loop never builds tensors from Python.
@@ -248,6 +264,8 @@ class ActionStream(Generator):
         x = F.pad(x, (0, self._model.config.max_action_dim - x.shape[-1]))[:, None]  # (B, 1, D)
         delta = self._model.stream_velocity(self._cache, x, self._taus[k])[:, 0] / self._chunk_size  # (B, D)
         delta_action = delta[:, : self._action_dim]
+        if self._tracking is not None:
+            delta_action = delta_action + (self._plan - self._state_input) @ self._tracking
         self._trajectory = self._trajectory + delta_action
         streamed = torch.where(self._absolute, self._trajectory, delta_action)  # assumed executed until told
         self._executed = self._executed + streamed
@@ -259,6 +277,7 @@ class ActionStream(Generator):
         increment = delta[:, self._action_dim : self._action_dim + self._state_dim]
         self._state_increments.append(increment)
         self._predicted = self._state_input + increment
+        self._plan = self._plan + increment
         return StreamStep(action, self._normalizer.unnormalize_state(self._predicted),
                           self._normalizer.unnormalize_state(self._state_input), k)
 

@@ -430,6 +430,19 @@ class FasVLAForActionPrediction(FasVLAPreTrainedModel):
         matrix = self.config.feedback_matrix
         return None if matrix is None else torch.tensor(matrix, dtype=torch.float32, device=device)
 
+    def tracking_matrix(self, device) -> torch.Tensor | None:
+        """kappa_t G (d_a, d_s) of tracking (`config.tracking_kappa`): 0 on the absolute action dimensions (a level
+        undoes no displacement) and on the state dimensions not in `tracking_state_dims`; None without tracking."""
+        config = self.config
+        if not (config.uses_state_trajectory and config.tracking_kappa > 0):
+            return None
+        tracked = torch.ones(config.state_dim, dtype=torch.bool, device=device)
+        if config.tracking_state_dims is not None:
+            tracked = torch.zeros_like(tracked)
+            tracked[list(config.tracking_state_dims)] = True
+        mask = ~self.absolute_action_mask(device)[:, None] & tracked[None, :]
+        return config.tracking_kappa * self.feedback_matrix(device) * mask
+
     def absolute_action_mask(self, device) -> torch.Tensor:
         """(d_a,) bool: True for the action dimensions that are levels (`config.absolute_action_dims`)."""
         mask = torch.zeros(self.config.action_dim, dtype=torch.bool, device=device)
