@@ -21,7 +21,8 @@ RESULTS = ROOT / "results"
 FIRST_STUDY = {RESULTS / "libero_object": (["nominal", "action delay", "push", "action noise"], POLICIES),
                RESULTS / "libero_object_real_time": (["nominal"], POLICIES[1:])}
 # the feedback experiment (results/feedback_v2/PLAN.md): init states 0-9, demonstrations from random resets
-FEEDBACK_EXPERIMENT = [RESULTS / "feedback_v2" / name for name in ("evaluation", "braking_test")]
+FEEDBACK_EXPERIMENT = [RESULTS / "feedback_v2" / name
+                       for name in ("evaluation", "braking_test", "tracking_full_g", "tracking_test")]
 # the corrective gains in RESULTS.md, each model on the same unseen demonstrations (benchmarks/feedback_sensitivity.py)
 GAINS = {"first version (shipped)": RESULTS / "feedback_v2" / "sensitivity_shipped_fasvla.json",
          "`fas_stabilised`": RESULTS / "feedback_v2" / "sensitivity" / "fas_stabilised_unseen.json",
