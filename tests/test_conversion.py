@@ -86,7 +86,10 @@ def test_prefix_embeddings_at_valid_positions(converted, inputs, fixture):
                                                      inputs["attention_mask"], state)
     valid = tensors["prefix.pad_masks"]
     assert torch.equal(pad_mask, valid)
-    assert _max_diff(embeddings[valid], tensors["prefix.embs"][valid]) <= TOLERANCE
+    # the embeddings reach about 10 (scaled by sqrt(hidden)): float32 rounding there is 1e-6, so the tolerance is
+    # relative (a CPU with other kernels differed by 1.5e-5 at 9.8, 2026-12-03)
+    expected = tensors["prefix.embs"][valid]
+    assert _max_diff(embeddings[valid], expected) <= TOLERANCE * max(1.0, expected.abs().max().item())
 
 
 def test_prefix_keys_and_values_at_valid_positions(converted, inputs, fixture):
