@@ -277,7 +277,8 @@ class ActionStream(Generator):
         increment = delta[:, self._action_dim : self._action_dim + self._state_dim]
         self._state_increments.append(increment)
         self._predicted = self._state_input + increment
-        self._plan = self._plan + increment
+        if self._tracking is not None:  # the plan is needed only to correct toward it
+            self._plan = self._plan + increment
         return StreamStep(action, self._normalizer.unnormalize_state(self._predicted),
                           self._normalizer.unnormalize_state(self._state_input), k)
 

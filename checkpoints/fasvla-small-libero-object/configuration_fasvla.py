@@ -269,19 +269,16 @@ class FasVLAConfig(PreTrainedConfig):
         for name in ("center_state", "prefix_state_gate"):
             if not isinstance(getattr(self, name), bool):
                 _fail(name, "a bool", getattr(self, name))
-        dims = self.absolute_action_dims
-        if not isinstance(dims, (list, tuple)) or len(set(dims)) != len(dims) or not all(
-                isinstance(d, int) and not isinstance(d, bool) and 0 <= d < self.action_dim for d in dims):
-            _fail("absolute_action_dims", f"distinct action indices in [0, {self.action_dim})", dims)
+        if not _distinct_indices(self.absolute_action_dims, self.action_dim):
+            _fail("absolute_action_dims", f"distinct action indices in [0, {self.action_dim})",
+                  self.absolute_action_dims)
         for name in ("feedback_kappa", "tracking_kappa"):
             if getattr(self, name) > 0 and not self.uses_state_trajectory:
                 _fail(name, f"0 for objective '{self.objective}' (no state in its trajectory)", getattr(self, name))
             if getattr(self, name) > 0 and self.feedback_matrix is None:
                 _fail("feedback_matrix", f"G, an action_dim x state_dim matrix, when {name} > 0", None)
         tracked = self.tracking_state_dims
-        if tracked is not None and (not isinstance(tracked, (list, tuple)) or not tracked or len(set(tracked)) != len(
-                tracked) or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < self.state_dim
-                                    for d in tracked)):
+        if tracked is not None and not (tracked and _distinct_indices(tracked, self.state_dim)):
             _fail("tracking_state_dims", f"None or distinct state indices in [0, {self.state_dim})", tracked)
         matrix = self.feedback_matrix
         if matrix is not None and (not isinstance(matrix, (list, tuple)) or len(matrix) != self.action_dim or any(
@@ -341,6 +338,12 @@ class FasVLAConfig(PreTrainedConfig):
                 values = stats.get(name)
                 if not isinstance(values, (list, tuple)) or len(values) != dim:
                     _fail(f"norm_stats['{key}']['{name}']", f"a list of {dim} numbers", values)
+
+
+def _distinct_indices(dims, size: int) -> bool:
+    """A list of distinct integer indices in [0, size)."""
+    return isinstance(dims, (list, tuple)) and len(set(dims)) == len(dims) and all(
+        isinstance(d, int) and not isinstance(d, bool) and 0 <= d < size for d in dims)
 
 
 def _fail(field, expected, received):
