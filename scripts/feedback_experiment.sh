@@ -19,6 +19,9 @@
 #   scripts/feedback_experiment.sh train fas_recovery_no_delay_kfb1 fas_recovery_no_delay_kfb2   # PLAN item 14
 #   scripts/feedback_experiment.sh tracking_test    # the kappa 0 model tracking its plan, every perturbation
 #                                               # (PLAN items 16-17, ~40 min on 2 cores)
+#   scripts/feedback_experiment.sh confirmation_test   # item 17 again on init states 10-29 (PLAN item 18a, 900
+#                                               # episodes, ~1.7 h on 2 cores), and the untracked model's open
+#                                               # loop on item 17's episodes (item 18c)
 #   scripts/feedback_experiment.sh sweep        # the inference-delay sweep, with and without delay training (~1 h)
 #   scripts/feedback_experiment.sh realtime     # real time, prefix pipelining on (the default) and off (~30 min)
 #
@@ -60,6 +63,7 @@ declare -A MODEL_OPTIONS=([chunk]="--objective chunk" [chunk_recovery]="--object
                           [chunk_recovery_no_delay]="--objective chunk")
 EPISODES=(--task_suite_name libero_object --task_ids 0 1 2 3 4 --first_trial 0 --num_trials_per_task 10
           --resolution 128 --max_episodes_rendered 1)
+CONFIRMATION_EPISODES=(--first_trial 10 --num_trials_per_task 20)  # overrides EPISODES' (never 45-49)
 
 wait_all() {  # every background job, failing if any failed
   local status=0
@@ -90,7 +94,10 @@ trained() {  # trained NAME...: NAME=FOLDER for each model whose training finish
   # (a finished model is committed under results/feedback_v2/models, PLAN item 11)
   for name in "$@"; do
     if [ -f "$OUT/runs/$name/model/config.json" ]; then echo "$name=$OUT/runs/$name/model"
-    elif [ -f "results/feedback_v2/models/$name/config.json" ]; then echo "$name=results/feedback_v2/models/$name"
+    elif [ -f "results/feedback_v2/models/$name/config.json" ]; then
+      # committed without its remote code (ignored copies): AutoProcessor needs it
+      "$PYTHON" scripts/sync_checkpoint_code.py "results/feedback_v2/models/$name" > /dev/null
+      echo "$name=results/feedback_v2/models/$name"
     fi
   done
 }
@@ -213,6 +220,30 @@ case "${1:-}" in
       pairs+=(--pair "fas_recovery_no_delay_kappa0_track4_position $mode" "fas_recovery_no_delay_kappa0_track4 open loop")
     done
     compare tracking_test 0-1 "${models[@]}" "${perturbed[@]}" "${policies[@]}" "${pairs[@]}" --report_only
+    ;;
+  confirmation_test)  # PLAN item 18: (a) item 17's policies on new episodes, (c) open loop without tracking
+    position="$OUT/models/fas_recovery_no_delay_kappa0_track4_position"
+    [ -f "$position/config.json" ] || { echo "run tracking_test first: it builds $position" >&2; exit 1; }
+    name=fas_recovery_no_delay_kappa0_track4_position
+    models=(--stream_model "$name=$position")
+    perturbed=(--action_noise 0.1 --action_delay 2 --push 40 0 60 0 4)
+    confirm() {  # confirm CORES PERTURBATION MODE...
+      local cores=$1 perturbation=$2 policies=()
+      shift 2
+      for mode in "$@"; do policies+=("$name $mode"); done
+      compare confirmation_test "$cores" "${models[@]}" "${perturbed[@]}" "${CONFIRMATION_EPISODES[@]}" \
+        --perturbations "$perturbation" --policies "${policies[@]}"
+    }
+    # 450 and 500 episodes a core: the reproduction check first, on the item-17 episodes (EPISODES' init states)
+    { compare reproduction_check 0 --stream_model "$(trained fas_recovery_no_delay_kappa0)" --perturbations nominal \
+        --policies "fas_recovery_no_delay_kappa0 open loop"
+      confirm 0 "action noise" "open loop" synchronous anticipatory
+      confirm 0 push "open loop"; } &
+    { confirm 1 "action delay" "open loop" synchronous anticipatory
+      confirm 1 push synchronous anticipatory; } &
+    wait_all
+    compare confirmation_test 0-1 "${models[@]}" "${perturbed[@]}" "${CONFIRMATION_EPISODES[@]}" \
+      --perturbations "action noise" "action delay" push --report_only
     ;;
   braking_test)
     compare braking_test 0-1 --stream_model "$(trained fas_recovery_no_delay)" --perturbations nominal
