@@ -301,6 +301,30 @@ def test_paired_differences_count_only_the_episodes_both_policies_ran():
     assert "| stream anticipatory - stream open loop | not run | +25 (2/1, p=1.00) |" in table
 
 
+def test_two_runs_of_a_policy_agree_episode_by_episode_or_say_where_not(tmp_path, capsys):
+    from scripts import episode_agreement
+
+    def episode(trial, success, steps, task=0):
+        return {"suite": "s", "task_id": task, "trial": trial, "success": success, "steps": steps}
+
+    run = [episode(0, True, 100), episode(1, False, 280), episode(2, True, 150), episode(0, True, 90, task=1)]
+    reference = [episode(0, True, 100), episode(1, True, 200), episode(2, True, 151), episode(3, False, 280)]
+    folders = []
+    for name, episodes in (("run", run), ("reference", reference)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps({"summary": {}, "episodes": episodes}))
+        folders.append(str(tmp_path / name))
+    agreement = episode_agreement.main([*folders, "--output", str(tmp_path / "agreement.json")])
+    # trial 3 and task 1 ran in one of them only: three episodes are shared
+    assert agreement == {"episodes": 3, "successes": 2, "reference_successes": 3, "other_outcome": [["s", 0, 1]],
+                         "other_length": [["s", 0, 1], ["s", 0, 2]],
+                         "paired": {"episodes": 3, "difference": -1 / 3, "wins": 0, "losses": 1, "p": 1.0}}
+    assert json.loads((tmp_path / "agreement.json").read_text()) == agreement
+    assert "3 shared episodes: 2 solved against 3; 1 end otherwise, 2 at another step" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="no results.json"):
+        episode_agreement.main([folders[0], str(tmp_path / "missing")])
+
+
 def test_pairs_across_models_are_added_once_and_checked_against_the_policies_run():
     import compare_libero
     from fasvla.libero.comparison import paired_differences

@@ -101,6 +101,21 @@ def outcomes_of(episodes: list[dict]) -> dict[tuple[str, int, int], bool]:
     return {(e["suite"], e["task_id"], e["trial"]): bool(e["success"]) for e in episodes}
 
 
+def episode_agreement(episodes: list[dict], reference: list[dict]) -> dict:
+    """How far two runs of one policy on the same episodes agree (a rerun on another machine, or a change meant to
+    leave the policy as it was): the shared episodes, each run's successes, the episodes whose outcome or length
+    differs, and the paired difference of `paired_difference`."""
+    steps = {(e["suite"], e["task_id"], e["trial"]): e["steps"] for e in episodes}
+    reference_steps = {(e["suite"], e["task_id"], e["trial"]): e["steps"] for e in reference}
+    outcomes, reference_outcomes = outcomes_of(episodes), outcomes_of(reference)
+    shared = sorted(steps.keys() & reference_steps.keys())
+    return {"episodes": len(shared), "successes": sum(outcomes[k] for k in shared),
+            "reference_successes": sum(reference_outcomes[k] for k in shared),
+            "other_outcome": [list(k) for k in shared if outcomes[k] != reference_outcomes[k]],
+            "other_length": [list(k) for k in shared if steps[k] != reference_steps[k]],
+            "paired": paired_difference({k: outcomes[k] for k in shared}, reference_outcomes)}
+
+
 def episode_seconds(episodes: list[dict]) -> float:
     """Policy and simulator time inside one condition's episodes: its cost, however often it resumed."""
     return sum(e["steps"] * (e["policy_ms_per_action"] + e["env_ms_per_step"]) / 1000 for e in episodes)
