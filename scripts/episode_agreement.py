@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fasvla.libero.comparison import episode_agreement, read_condition  # noqa: E402
+from fasvla.libero.comparison import agreement_sentence, episode_agreement, read_condition  # noqa: E402
 
 
 def episodes_in(folder: Path) -> list[dict]:
@@ -34,11 +34,7 @@ def main(argv=None) -> dict:
     agreement = episode_agreement(episodes_in(args.run), episodes_in(args.reference))
     if agreement["episodes"] == 0:
         raise ValueError(f"{str(args.run)!r} and {str(args.reference)!r} share no episode")
-    paired = agreement["paired"]
-    print(f"{agreement['episodes']} shared episodes: {agreement['successes']} solved against "
-          f"{agreement['reference_successes']}; {len(agreement['other_outcome'])} end otherwise, "
-          f"{len(agreement['other_length'])} at another step (paired: {paired['wins']}/{paired['losses']}, "
-          f"p = {paired['p']:.2f})")
+    print(agreement_sentence(agreement))
     for suite, task, trial in agreement["other_outcome"]:
         print(f"  other outcome: {suite} task {task} trial {trial}")
     if args.output:

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from compare_libero import named_models
-from fasvla.libero.comparison import (POLICIES, Policy, comparison_table, condition_folder, delay_differences,
-                                      delay_table, make_policies, outcomes_of, paired_differences, paired_table,
-                                      read_condition)
+from fasvla.libero.comparison import (POLICIES, Policy, agreement_sentence, comparison_table, condition_folder,
+                                      delay_differences, delay_table, episode_agreement, make_policies, outcomes_of,
+                                      paired_differences, paired_table, read_condition)
 from fasvla.libero.episode import EpisodeResult
 from fasvla.libero.evaluation import summarize
 from fasvla.sensitivity import gains_table
@@ -22,7 +22,8 @@ FIRST_STUDY = {RESULTS / "libero_object": (["nominal", "action delay", "push", "
                RESULTS / "libero_object_real_time": (["nominal"], POLICIES[1:])}
 # the feedback experiment (results/feedback_v2/PLAN.md): init states 0-9, demonstrations from random resets
 FEEDBACK_EXPERIMENT = [RESULTS / "feedback_v2" / name
-                       for name in ("evaluation", "braking_test", "tracking_full_g", "tracking_test")]
+                       for name in ("evaluation", "braking_test", "tracking_full_g", "tracking_test",
+                                    "reproduction_check")]
 # the corrective gains in RESULTS.md, each model on the same unseen demonstrations (benchmarks/feedback_sensitivity.py)
 GAINS = {"first version (shipped)": RESULTS / "feedback_v2" / "sensitivity_shipped_fasvla.json",
          "`fas_stabilised`": RESULTS / "feedback_v2" / "sensitivity" / "fas_stabilised_unseen.json",
@@ -43,6 +44,14 @@ GRASPS = [RESULTS / "feedback_v2" / "grasp_offset" / f"{name}_open_loop.json"
 # the unseen demonstrations, generated twice by the same command on two machines (PLAN items 1 and 10)
 UNSEEN_DEMOS = {"outputs/demos_random_eval/dataset", "outputs/feedback_v2/demos_unseen/dataset"}
 INIT_STATES = {folder: range(40, 45) for folder in FIRST_STUDY} | {folder: range(10) for folder in FEEDBACK_EXPERIMENT}
+# reruns of one policy on the same episodes (scripts/episode_agreement.py): the shipped agreement -> (run, reference)
+FEEDBACK_V2 = RESULTS / "feedback_v2"
+RERUN = FEEDBACK_V2 / "reproduction_check" / "nominal" / "fas_recovery_no_delay_kappa0_open_loop"
+AGREEMENTS = {
+    FEEDBACK_V2 / "reproduction_check" / "agreement_objective_test.json":
+        (RERUN, FEEDBACK_V2 / "braking_test" / "nominal" / "fas_recovery_no_delay_kappa0_open_loop"),
+    FEEDBACK_V2 / "reproduction_check" / "agreement_tracking_test.json":
+        (RERUN, FEEDBACK_V2 / "tracking_test" / "nominal" / "fas_recovery_no_delay_kappa0_track4_open_loop")}
 
 
 def comparison_of(folder: Path) -> tuple[list[str], list[Policy], list[int], list[list[str]]]:
@@ -111,6 +120,14 @@ def test_the_tables_in_results_md_are_the_ones_the_shipped_episodes_give(folder)
     assert paired_table(paired_differences(outcomes, policies, conditions, pairs), conditions) in text
     if delays:
         assert delay_table(delay_differences(outcomes, policies, delays), delays) in text
+
+
+@pytest.mark.parametrize("shipped", list(AGREEMENTS), ids=lambda p: p.stem)
+def test_the_reruns_agree_as_shipped_and_as_results_md_says(shipped):
+    run, reference = (read_condition(folder)["episodes"] for folder in AGREEMENTS[shipped])
+    agreement = episode_agreement(run, reference)
+    assert json.loads(shipped.read_text()) == agreement
+    assert agreement_sentence(agreement) in (ROOT / "RESULTS.md").read_text()
 
 
 def test_the_corrective_gains_in_results_md_are_the_shipped_measurements():

@@ -116,6 +116,15 @@ def episode_agreement(episodes: list[dict], reference: list[dict]) -> dict:
             "paired": paired_difference({k: outcomes[k] for k in shared}, reference_outcomes)}
 
 
+def agreement_sentence(agreement: dict) -> str:
+    """`episode_agreement` in one line, as RESULTS.md quotes it."""
+    paired = agreement["paired"]
+    return (f"{agreement['episodes']} shared episodes: {agreement['successes']} solved against "
+            f"{agreement['reference_successes']}; {len(agreement['other_outcome'])} end otherwise, "
+            f"{len(agreement['other_length'])} at another step (paired: {paired['wins']}/{paired['losses']}, "
+            f"p = {paired['p']:.2f})")
+
+
 def episode_seconds(episodes: list[dict]) -> float:
     """Policy and simulator time inside one condition's episodes: its cost, however often it resumed."""
     return sum(e["steps"] * (e["policy_ms_per_action"] + e["env_ms_per_step"]) / 1000 for e in episodes)
