@@ -22,6 +22,8 @@
 #   scripts/feedback_experiment.sh confirmation_test   # item 17 again on init states 10-29 (PLAN item 18a, 900
 #                                               # episodes, ~1.7 h on 2 cores), and the untracked model's open
 #                                               # loop on item 17's episodes (item 18c)
+#   scripts/feedback_experiment.sh chunk_test   # the chunk baseline on the tracked model's 150 episodes (PLAN
+#                                               # item 19(i), after confirmation_test; ~2.5 h on 2 cores)
 #   scripts/feedback_experiment.sh sweep        # the inference-delay sweep, with and without delay training (~1 h)
 #   scripts/feedback_experiment.sh realtime     # real time, prefix pipelining on (the default) and off (~30 min)
 #
@@ -244,6 +246,31 @@ case "${1:-}" in
     wait_all
     compare confirmation_test 0-1 "${models[@]}" "${perturbed[@]}" "${CONFIRMATION_EPISODES[@]}" \
       --perturbations "action noise" "action delay" push --report_only
+    ;;
+  chunk_test)  # PLAN item 19(i): chunk_recovery_no_delay on init states 0-29, the tracked anticipatory's episodes
+    chunk=$(trained chunk_recovery_no_delay)
+    [ -n "$chunk" ] || { echo "train chunk_recovery_no_delay first" >&2; exit 1; }
+    name=fas_recovery_no_delay_kappa0_track4_position
+    tracked=(--stream_model "$name=$OUT/models/$name")
+    perturbed=(--action_noise 0.1 --action_delay 2 --push 40 0 60 0 4)
+    # the confirmation ran no nominal cell: anticipatory (and its open loop) on 10-29 first
+    compare confirmation_test 0-1 "${tracked[@]}" "${perturbed[@]}" "${CONFIRMATION_EPISODES[@]}" \
+      --perturbations nominal --policies "$name open loop" "$name anticipatory" --num_workers 2
+    # anticipatory's 50 + 100 episodes as one condition of 150 (tracking_test: init states 0-9)
+    for perturbation in nominal action_noise action_delay push; do
+      merged="$OUT/chunk_test/$perturbation/${name}_anticipatory"
+      [ -d "$merged" ] || "$PYTHON" scripts/merge_conditions.py --output "$merged" \
+        "$OUT/tracking_test/$perturbation/${name}_anticipatory" "$OUT/confirmation_test/$perturbation/${name}_anticipatory"
+    done
+    models=("${tracked[@]}" --chunk_model "$chunk")
+    union=(--first_trial 0 --num_trials_per_task 30)
+    policies=(--policies chunk_recovery_no_delay "$name anticipatory")
+    compare chunk_test 0 "${models[@]}" "${perturbed[@]}" "${union[@]}" "${policies[@]}" \
+      --perturbations "action noise" nominal &
+    compare chunk_test 1 "${models[@]}" "${perturbed[@]}" "${union[@]}" "${policies[@]}" \
+      --perturbations "action delay" push &
+    wait_all
+    compare chunk_test 0-1 "${models[@]}" "${perturbed[@]}" "${union[@]}" "${policies[@]}" --report_only
     ;;
   braking_test)
     compare braking_test 0-1 --stream_model "$(trained fas_recovery_no_delay)" --perturbations nominal

@@ -255,6 +255,43 @@ def test_an_interrupted_evaluation_resumes_and_refuses_other_settings(tmp_path):
         eval_libero.check_settings(tmp_path, other)
 
 
+def test_a_condition_run_in_parts_merges_into_one_finished_evaluation_of_their_union(tmp_path):
+    from scripts import merge_conditions
+
+    def finished_part(name, first_trial, successes, push_step=None):
+        folder = tmp_path / name
+        folder.mkdir()
+        argv = ["--model", "m", "--task_suite_name", "libero_object", "--task_ids", "0", "--first_trial",
+                str(first_trial), "--num_trials_per_task", "2", "--output_dir", str(folder)]
+        args = eval_libero.parse_args(argv + (["--push_step", str(push_step)] if push_step else []))
+        eval_libero.check_settings(folder, args)
+        episodes = [EpisodeResult("libero_object", 0, "task 0", first_trial + i, first_trial + i, ok, 100 + i, 5.0,
+                                  100.0, "open_loop", "nominal", None) for i, ok in enumerate(successes)]
+        (folder / "results_rank0.jsonl").write_text("".join(json.dumps(asdict(e)) + "\n" for e in episodes))
+        eval_libero.write_summary(folder, args, 1.0)
+        return folder, episodes
+
+    (first, early), (second, late) = finished_part("a", 0, [True, False]), finished_part("b", 2, [True, True])
+    merged = tmp_path / "merged"
+    assert merge_conditions.main([str(first), str(second), "--output", str(merged)]) == 4
+    union = eval_libero.parse_args(["--model", "m", "--task_suite_name", "libero_object", "--task_ids", "0",
+                                    "--num_trials_per_task", "4", "--output_dir", str(merged)])
+    eval_libero.check_settings(merged, union)  # the parts' settings: the union resumes them
+    assert eval_libero.pending_jobs(eval_libero.make_jobs(union), merged) == []  # nothing left to run
+    summary = eval_libero.write_summary(merged, union, 0.0)
+    assert summary["overall"] == summarize(early + late)["overall"] and summary["overall"]["successes"] == 3
+
+    with pytest.raises(ValueError, match="is not empty"):
+        merge_conditions.merge([first], merged)
+    with pytest.raises(ValueError, match="in both"):
+        merge_conditions.merge([first, first], tmp_path / "twice")
+    pushed, _ = finished_part("c", 4, [False], push_step=40)
+    with pytest.raises(ValueError, match="other settings .*push_step"):
+        merge_conditions.merge([first, pushed], tmp_path / "mixed")
+    with pytest.raises(ValueError, match="not a finished evaluation"):
+        merge_conditions.merge([first, tmp_path / "missing"], tmp_path / "unfinished")
+
+
 def test_the_comparison_table_and_figure_show_every_condition(tmp_path):
     from fasvla.libero.comparison import POLICIES, comparison_figure, comparison_table, condition_folder
 
