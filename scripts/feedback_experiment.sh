@@ -24,6 +24,9 @@
 #                                               # loop on item 17's episodes (item 18c)
 #   scripts/feedback_experiment.sh chunk_test   # the chunk baseline on the tracked model's 150 episodes (PLAN
 #                                               # item 19(i), after confirmation_test; ~2.5 h on 2 cores)
+#   scripts/feedback_experiment.sh tracking_sweep   # the delay sweep of the tracked model and the chunk baseline
+#                                               # on the same data, with the delay-trained pair if trained
+#                                               # (PLAN item 19(ii), ~1.5-3 h on 2 cores)
 #   scripts/feedback_experiment.sh sweep        # the inference-delay sweep, with and without delay training (~1 h)
 #   scripts/feedback_experiment.sh realtime     # real time, prefix pipelining on (the default) and off (~30 min)
 #
@@ -49,7 +52,9 @@ declare -A MODEL_DATA=([chunk]=demos [chunk_recovery]=demos_recovery [fas_v1]=de
                        [fas_recovery_no_delay_kfb0.5]=demos_recovery_no_delay
                        [fas_recovery_no_delay_kfb1]=demos_recovery_no_delay
                        [fas_recovery_no_delay_kfb2]=demos_recovery_no_delay
-                       [chunk_recovery_no_delay]=demos_recovery_no_delay)
+                       [chunk_recovery_no_delay]=demos_recovery_no_delay
+                       [fas_recovery_no_delay_kappa0_obs_delay]=demos_recovery_no_delay
+                       [chunk_recovery_no_delay_obs_delay]=demos_recovery_no_delay)
 declare -A MODEL_OPTIONS=([chunk]="--objective chunk" [chunk_recovery]="--objective chunk"
                           [fas_v1]="--objective stream_joint"
                           [fas_conditioning]="--objective stream_joint ${CONDITIONING[*]}"
@@ -62,7 +67,9 @@ declare -A MODEL_OPTIONS=([chunk]="--objective chunk" [chunk_recovery]="--object
                           [fas_recovery_no_delay_kfb0.5]="--objective stream_joint ${CONDITIONING[*]} --feedback_kappa 0.5"
                           [fas_recovery_no_delay_kfb1]="--objective stream_joint ${CONDITIONING[*]} --feedback_kappa 1"
                           [fas_recovery_no_delay_kfb2]="--objective stream_joint ${CONDITIONING[*]} --feedback_kappa 2"
-                          [chunk_recovery_no_delay]="--objective chunk")
+                          [chunk_recovery_no_delay]="--objective chunk"
+                          [fas_recovery_no_delay_kappa0_obs_delay]="--objective stream_joint ${CONDITIONING[*]} ${DELAY_TRAINING[*]}"
+                          [chunk_recovery_no_delay_obs_delay]="--objective chunk ${DELAY_TRAINING[*]}")
 EPISODES=(--task_suite_name libero_object --task_ids 0 1 2 3 4 --first_trial 0 --num_trials_per_task 10
           --resolution 128 --max_episodes_rendered 1)
 CONFIRMATION_EPISODES=(--first_trial 10 --num_trials_per_task 20)  # overrides EPISODES' (never 45-49)
@@ -256,6 +263,8 @@ case "${1:-}" in
     # the confirmation ran no nominal cell: anticipatory (and its open loop) on 10-29 first
     compare confirmation_test 0-1 "${tracked[@]}" "${perturbed[@]}" "${CONFIRMATION_EPISODES[@]}" \
       --perturbations nominal --policies "$name open loop" "$name anticipatory" --num_workers 2
+    compare confirmation_test 0-1 "${tracked[@]}" "${perturbed[@]}" "${CONFIRMATION_EPISODES[@]}" --report_only \
+      --perturbations nominal "action noise" "action delay" push
     # anticipatory's 50 + 100 episodes as one condition of 150 (tracking_test: init states 0-9)
     for perturbation in nominal action_noise action_delay push; do
       merged="$OUT/chunk_test/$perturbation/${name}_anticipatory"
@@ -270,7 +279,32 @@ case "${1:-}" in
     compare chunk_test 1 "${models[@]}" "${perturbed[@]}" "${union[@]}" "${policies[@]}" \
       --perturbations "action delay" push &
     wait_all
-    compare chunk_test 0-1 "${models[@]}" "${perturbed[@]}" "${union[@]}" "${policies[@]}" --report_only
+    compare chunk_test 0-1 "${models[@]}" "${perturbed[@]}" "${union[@]}" "${policies[@]}" --report_only \
+      --perturbations nominal "action noise" "action delay" push
+    ;;
+  tracking_sweep)  # PLAN item 19(ii): issue 17's sweep on the tracked model and its chunk baseline
+    G_from=$(trained fas_recovery_no_delay | cut -d= -f2)
+    streaming=(--stream_model "fas_recovery_no_delay_kappa0_track4_position=$OUT/models/fas_recovery_no_delay_kappa0_track4_position")
+    names=(fas_recovery_no_delay_kappa0_track4_position)
+    delay_trained=$(trained fas_recovery_no_delay_kappa0_obs_delay | cut -d= -f2)
+    if [ -n "$delay_trained" ]; then  # tracked as item 17's model is: kappa_t 4 on the position, the same G
+      tracked="$OUT/models/fas_recovery_no_delay_kappa0_obs_delay_track4_position"
+      [ -f "$tracked/config.json" ] || "$PYTHON" scripts/add_tracking.py --tracking_kappa 4 --state_dims 0 1 2 \
+        --output "$tracked" --model "$delay_trained" --matrix_from "$G_from"
+      "$PYTHON" scripts/sync_checkpoint_code.py "$tracked" > /dev/null
+      streaming+=("fas_recovery_no_delay_kappa0_obs_delay_track4_position=$tracked")
+      names+=(fas_recovery_no_delay_kappa0_obs_delay_track4_position)
+    fi
+    mapfile -t chunks < <(trained chunk_recovery_no_delay chunk_recovery_no_delay_obs_delay)
+    [ ${#chunks[@]} -gt 0 ] || { echo "train chunk_recovery_no_delay first" >&2; exit 1; }
+    models=("${streaming[@]}" --chunk_model "${chunks[@]}" --policies "${chunks[@]%%=*}")
+    for name in "${names[@]}"; do models+=("$name open loop" "$name anticipatory"); done
+    # a long delay lengthens the failing episodes: D = 0 and 8 on one core, 1, 2 and 4 on the other
+    compare tracking_sweep 0 "${models[@]}" --perturbations nominal --inference_delays 8 &
+    compare tracking_sweep 1 "${models[@]}" --perturbations --inference_delays 1 2 4 &
+    wait_all
+    # the pairs include each anticipatory against every chunk baseline (the target) and each policy against D = 0
+    compare tracking_sweep 0-1 "${models[@]}" --perturbations nominal --inference_delays 0 1 2 4 8 --report_only
     ;;
   braking_test)
     compare braking_test 0-1 --stream_model "$(trained fas_recovery_no_delay)" --perturbations nominal
