@@ -19,6 +19,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fasvla.libero.comparison import read_condition  # noqa: E402
 
 
+def finished_part(part: Path) -> tuple[dict, list[dict]]:
+    """A finished evaluation folder's settings and episodes."""
+    settings, results = part / "settings.json", read_condition(part)
+    if not settings.is_file() or not results:
+        raise ValueError(f"part {str(part)!r} is not a finished evaluation (settings.json and results.json)")
+    return json.loads(settings.read_text()), results["episodes"]
+
+
 def merge(parts: list[Path], output: Path) -> int:
     """Writes output/settings.json and output/results_rank0.jsonl from `parts`; returns the episodes merged."""
     if not parts:
@@ -27,15 +35,12 @@ def merge(parts: list[Path], output: Path) -> int:
         raise ValueError(f"--output {str(output)!r} is not empty: merge into a new folder")
     settings, episodes, seen = None, [], {}
     for part in parts:
-        part_settings = json.loads((part / "settings.json").read_text()) if (part / "settings.json").is_file() else None
-        results = read_condition(part)
-        if part_settings is None or not results:
-            raise ValueError(f"part {str(part)!r} is not a finished evaluation (settings.json and results.json)")
+        part_settings, part_episodes = finished_part(part)
         if settings is not None and part_settings != settings:
             changed = sorted(k for k in settings.keys() | part_settings.keys() if settings.get(k) != part_settings.get(k))
             raise ValueError(f"part {str(part)!r} ran with other settings than {str(parts[0])!r}: {changed}")
         settings = part_settings
-        for episode in results["episodes"]:
+        for episode in part_episodes:
             key = (episode["suite"], episode["task_id"], episode["trial"])
             if key in seen:
                 raise ValueError(f"episode {key} is in both {str(seen[key])!r} and {str(part)!r}")
