@@ -28,7 +28,8 @@
 #                                               # on the same data, with the delay-trained pair if trained
 #                                               # (PLAN item 19(ii), ~1.5-3 h on 2 cores)
 #   scripts/feedback_experiment.sh sweep        # the inference-delay sweep, with and without delay training (~1 h)
-#   scripts/feedback_experiment.sh realtime     # real time, prefix pipelining on (the default) and off (~30 min)
+#   scripts/feedback_experiment.sh realtime     # real time, prefix pipelining on (the default) and off, the
+#                                               # tracked model (PLAN item 19(iii), ~30 min)
 #
 # Outputs under $OUT (default outputs/feedback_v2).
 set -euo pipefail
@@ -355,10 +356,11 @@ case "${1:-}" in
     wait_all
     compare sweep 0-1 "${models[@]}" --perturbations nominal --inference_delays 0 1 2 4 8
     ;;
-  realtime)
+  realtime)  # PLAN item 19(iii): the tracked model (fas_recovery's weights are lost, item 11), nothing else running
+    name=fas_recovery_no_delay_kappa0_track4_position
     for lead in 0 1; do
-      compare "realtime_lead_$lead" "$lead" --stream_model fas_recovery="$OUT/runs/fas_recovery/model" \
-        --policies "fas_recovery open loop" "fas_recovery anticipatory" --perturbations nominal --real_time \
+      compare "realtime_lead_$lead" "$lead" --stream_model "$name=$OUT/models/$name" \
+        --policies "$name open loop" "$name anticipatory" --perturbations nominal --real_time \
         --state_latency_ms 10 --prefix_lead "$lead" &
     done
     wait_all
