@@ -366,7 +366,7 @@ case "${1:-}" in
     wait_all
     ;;
   *)
-    echo "usage: $0 demos|train|diagnose|evaluate|sweep|realtime" >&2
+    echo "usage: $0 STAGE [ARGUMENTS], the stages listed at the top of this script" >&2
     exit 2
     ;;
 esac
