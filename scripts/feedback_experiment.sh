@@ -269,8 +269,12 @@ case "${1:-}" in
     # anticipatory's 50 + 100 episodes as one condition of 150 (tracking_test: init states 0-9)
     for perturbation in nominal action_noise action_delay push; do
       merged="$OUT/chunk_test/$perturbation/${name}_anticipatory"
-      [ -d "$merged" ] || "$PYTHON" scripts/merge_conditions.py --output "$merged" \
-        "$OUT/tracking_test/$perturbation/${name}_anticipatory" "$OUT/confirmation_test/$perturbation/${name}_anticipatory"
+      parts=()
+      for folder in tracking_test confirmation_test; do  # run here, or shipped (with its settings)
+        part="$folder/$perturbation/${name}_anticipatory"
+        if [ -f "$OUT/$part/results.json" ]; then parts+=("$OUT/$part"); else parts+=("results/feedback_v2/$part"); fi
+      done
+      [ -d "$merged" ] || "$PYTHON" scripts/merge_conditions.py --output "$merged" "${parts[@]}"
     done
     models=("${tracked[@]}" --chunk_model "$chunk")
     union=(--first_trial 0 --num_trials_per_task 30)

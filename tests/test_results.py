@@ -43,7 +43,10 @@ GRASPS = [RESULTS / "feedback_v2" / "grasp_offset" / f"{name}_open_loop.json"
           for name in ("fas_recovery_no_delay", "fas_recovery_no_delay_kappa0")]
 # the unseen demonstrations, generated twice by the same command on two machines (PLAN items 1 and 10)
 UNSEEN_DEMOS = {"outputs/demos_random_eval/dataset", "outputs/feedback_v2/demos_unseen/dataset"}
-INIT_STATES = {folder: range(40, 45) for folder in FIRST_STUDY} | {folder: range(10) for folder in FEEDBACK_EXPERIMENT}
+# the confirmation of the tracking test (PLAN item 18a): new episodes, init states 10-29 (never 45-49)
+CONFIRMATION = RESULTS / "feedback_v2" / "confirmation_test"
+INIT_STATES = ({folder: range(40, 45) for folder in FIRST_STUDY} | {folder: range(10) for folder in FEEDBACK_EXPERIMENT}
+               | {CONFIRMATION: range(10, 30)})
 # reruns of one policy on the same episodes (scripts/episode_agreement.py): the shipped agreement -> (run, reference)
 FEEDBACK_V2 = RESULTS / "feedback_v2"
 RERUN = FEEDBACK_V2 / "reproduction_check" / "nominal" / "fas_recovery_no_delay_kappa0_open_loop"
