@@ -261,7 +261,7 @@ case "${1:-}" in
     name=fas_recovery_no_delay_kappa0_track4_position
     tracked=(--stream_model "$name=$OUT/models/$name")
     perturbed=(--action_noise 0.1 --action_delay 2 --push 40 0 60 0 4)
-    # the confirmation ran no nominal cell: anticipatory (and its open loop) on 10-29 first
+    # the confirmation's nominal cell on 10-29 (its own stage has none; run 2026-12-03, so it resumes as finished)
     compare confirmation_test 0-1 "${tracked[@]}" "${perturbed[@]}" "${CONFIRMATION_EPISODES[@]}" \
       --perturbations nominal --policies "$name open loop" "$name anticipatory" --num_workers 2
     compare confirmation_test 0-1 "${tracked[@]}" "${perturbed[@]}" "${CONFIRMATION_EPISODES[@]}" --report_only \
@@ -289,8 +289,8 @@ case "${1:-}" in
     ;;
   tracking_sweep)  # PLAN item 19(ii): issue 17's sweep on the tracked model and its chunk baseline
     G_from=$(trained fas_recovery_no_delay | cut -d= -f2)
-    streaming=(--stream_model "fas_recovery_no_delay_kappa0_track4_position=$OUT/models/fas_recovery_no_delay_kappa0_track4_position")
     names=(fas_recovery_no_delay_kappa0_track4_position)
+    streaming=(--stream_model "${names[0]}=$OUT/models/${names[0]}")
     delay_trained=$(trained fas_recovery_no_delay_kappa0_obs_delay | cut -d= -f2)
     if [ -n "$delay_trained" ]; then  # tracked as item 17's model is: kappa_t 4 on the position, the same G
       tracked="$OUT/models/fas_recovery_no_delay_kappa0_obs_delay_track4_position"

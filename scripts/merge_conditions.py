@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fasvla.libero.comparison import read_condition  # noqa: E402
+from fasvla.libero.comparison import episode_key, read_condition  # noqa: E402
 
 
 def finished_part(part: Path) -> tuple[dict, list[dict]]:
@@ -41,7 +41,7 @@ def merge(parts: list[Path], output: Path) -> int:
             raise ValueError(f"part {str(part)!r} ran with other settings than {str(parts[0])!r}: {changed}")
         settings = part_settings
         for episode in part_episodes:
-            key = (episode["suite"], episode["task_id"], episode["trial"])
+            key = episode_key(episode)
             if key in seen:
                 raise ValueError(f"episode {key} is in both {str(seen[key])!r} and {str(part)!r}")
             seen[key] = part

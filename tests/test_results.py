@@ -20,8 +20,9 @@ RESULTS = ROOT / "results"
 # policies); its episodes ran on init states 40-44 (the demonstrations used 0-19)
 FIRST_STUDY = {RESULTS / "libero_object": (["nominal", "action delay", "push", "action noise"], POLICIES),
                RESULTS / "libero_object_real_time": (["nominal"], POLICIES[1:])}
+FEEDBACK_V2 = RESULTS / "feedback_v2"
 # the feedback experiment (results/feedback_v2/PLAN.md): init states 0-9, demonstrations from random resets
-FEEDBACK_EXPERIMENT = [RESULTS / "feedback_v2" / name
+FEEDBACK_EXPERIMENT = [FEEDBACK_V2 / name
                        for name in ("evaluation", "braking_test", "tracking_full_g", "tracking_test",
                                     "reproduction_check")]
 # the corrective gains in RESULTS.md, each model on the same unseen demonstrations (benchmarks/feedback_sensitivity.py)
@@ -44,11 +45,10 @@ GRASPS = [RESULTS / "feedback_v2" / "grasp_offset" / f"{name}_open_loop.json"
 # the unseen demonstrations, generated twice by the same command on two machines (PLAN items 1 and 10)
 UNSEEN_DEMOS = {"outputs/demos_random_eval/dataset", "outputs/feedback_v2/demos_unseen/dataset"}
 # the confirmation of the tracking test (PLAN item 18a): new episodes, init states 10-29 (never 45-49)
-CONFIRMATION = RESULTS / "feedback_v2" / "confirmation_test"
+CONFIRMATION = FEEDBACK_V2 / "confirmation_test"
 INIT_STATES = ({folder: range(40, 45) for folder in FIRST_STUDY} | {folder: range(10) for folder in FEEDBACK_EXPERIMENT}
                | {CONFIRMATION: range(10, 30)})
 # reruns of one policy on the same episodes (scripts/episode_agreement.py): the shipped agreement -> (run, reference)
-FEEDBACK_V2 = RESULTS / "feedback_v2"
 RERUN = FEEDBACK_V2 / "reproduction_check" / "nominal" / "fas_recovery_no_delay_kappa0_open_loop"
 AGREEMENTS = {
     FEEDBACK_V2 / "reproduction_check" / "agreement_objective_test.json":

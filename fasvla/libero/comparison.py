@@ -96,24 +96,28 @@ def read_condition(folder: Path) -> dict:
     return json.loads(results.read_text()) if results.is_file() else {}
 
 
+def episode_key(episode: dict) -> tuple[str, int, int]:
+    """(suite, task id, trial): what makes two conditions' episodes the same episode (init state and seed)."""
+    return episode["suite"], episode["task_id"], episode["trial"]
+
+
 def outcomes_of(episodes: list[dict]) -> dict[tuple[str, int, int], bool]:
     """(suite, task id, trial) -> success, for every episode of one condition."""
-    return {(e["suite"], e["task_id"], e["trial"]): bool(e["success"]) for e in episodes}
+    return {episode_key(e): bool(e["success"]) for e in episodes}
 
 
 def episode_agreement(episodes: list[dict], reference: list[dict]) -> dict:
     """How far two runs of one policy on the same episodes agree (a rerun on another machine, or a change meant to
     leave the policy as it was): the shared episodes, each run's successes, the episodes whose outcome or length
     differs, and the paired difference of `paired_difference`."""
-    steps = {(e["suite"], e["task_id"], e["trial"]): e["steps"] for e in episodes}
-    reference_steps = {(e["suite"], e["task_id"], e["trial"]): e["steps"] for e in reference}
+    steps, reference_steps = ({episode_key(e): e["steps"] for e in run} for run in (episodes, reference))
     outcomes, reference_outcomes = outcomes_of(episodes), outcomes_of(reference)
     shared = sorted(steps.keys() & reference_steps.keys())
     return {"episodes": len(shared), "successes": sum(outcomes[k] for k in shared),
             "reference_successes": sum(reference_outcomes[k] for k in shared),
             "other_outcome": [list(k) for k in shared if outcomes[k] != reference_outcomes[k]],
             "other_length": [list(k) for k in shared if steps[k] != reference_steps[k]],
-            "paired": paired_difference({k: outcomes[k] for k in shared}, reference_outcomes)}
+            "paired": paired_difference(outcomes, reference_outcomes)}
 
 
 def agreement_sentence(agreement: dict) -> str:
