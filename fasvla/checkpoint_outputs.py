@@ -5,7 +5,8 @@ A streaming model streams two chunks in each feedback mode, the state measured a
 function of the step); a chunk model predicts a chunk from fixed noise. Inputs: two cameras of seeded pixels at the
 model's image size, the task, a state.
 
-    python -m fasvla.checkpoint_outputs checkpoints/fasvla-small-libero-object tests/fixtures/shipped/fasvla.safetensors
+    python -m fasvla.checkpoint_outputs checkpoints/fasvla-small-libero-object \
+        tests/fixtures/checkpoint_outputs/checkpoints/fasvla-small-libero-object.safetensors
 """
 
 import argparse

@@ -329,8 +329,8 @@ case "${1:-}" in
     ;;
   image_test)  # PLAN item 13: the planned actions' error with each frame's own cameras and another episode's
     # shellcheck disable=SC2046  # one word a model
-    for pair in shipped_fasvla=checkpoints/fasvla-small-libero-object \
-                shipped_chunk=checkpoints/chunk-small-libero-object \
+    for pair in shipped_fasvla=results/libero_object/models/fasvla-small-libero-object \
+                shipped_chunk=results/libero_object/models/chunk-small-libero-object \
                 $(trained fas_recovery_no_delay fas_recovery_no_delay_kappa0 fas_recovery_no_delay_kfb0.5 \
                           fas_recovery_no_delay_kfb1 fas_recovery_no_delay_kfb2); do
       name=${pair%%=*} model=${pair#*=}

@@ -6,7 +6,7 @@
 A checkpoint published on the Hub must hold its code as files (a link would arrive as a path, not as code), and
 the shipped checkpoints are published with the repository. Two copies can drift, so tests/test_shipped_checkpoint.py
 checks that they equal the root files and that the current code still reproduces each checkpoint's recorded outputs
-(tests/fixtures/shipped_checkpoints): sync once that test says the change leaves what they do as it was.
+(tests/fixtures/checkpoint_outputs): sync once that test says the change leaves what they do as it was.
 """
 
 import shutil

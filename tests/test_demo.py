@@ -27,7 +27,7 @@ def test_demo_trains_streams_records_rollouts_and_opens_the_app(tmp_path, monkey
     fresh = tmp_path / "outputs/demo/libero"
     catalog = RolloutCatalog.scan([str(fresh)])
     assert sorted((r.feedback_mode, r.steps) for r in catalog.rollouts) == [("anticipatory", 5), ("open_loop", 5)]
-    assert all('"push_step": 30' in r.perturbation for r in catalog.rollouts)
+    assert all('"push_step": 40' in r.perturbation for r in catalog.rollouts)
     assert opened == [["--rollouts", str(Path("outputs/demo/libero")), str(demo.app.EXAMPLE_ROLLOUTS),
                        "--inbrowser"]]
 

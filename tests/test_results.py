@@ -26,18 +26,18 @@ FEEDBACK_EXPERIMENT = [FEEDBACK_V2 / name
                        for name in ("evaluation", "braking_test", "tracking_full_g", "tracking_test",
                                     "reproduction_check")]
 # the corrective gains in RESULTS.md, each model on the same unseen demonstrations (benchmarks/feedback_sensitivity.py)
-GAINS = {"first version (shipped)": RESULTS / "feedback_v2" / "sensitivity_shipped_fasvla.json",
+GAINS = {"first version (first study)": RESULTS / "feedback_v2" / "sensitivity_shipped_fasvla.json",
          "`fas_stabilised`": RESULTS / "feedback_v2" / "sensitivity" / "fas_stabilised_unseen.json",
          "`fas_recovery`": RESULTS / "feedback_v2" / "sensitivity" / "fas_recovery_unseen.json",
          "`fas_recovery_no_delay`": RESULTS / "feedback_v2" / "sensitivity" / "fas_recovery_no_delay_unseen.json",
          "`fas_recovery_no_delay_kappa0`":
              RESULTS / "feedback_v2" / "sensitivity" / "fas_recovery_no_delay_kappa0_unseen.json"}
 # the action sizes in RESULTS.md, on the same unseen demonstrations (benchmarks/action_scale.py)
-SCALES = {"first version (shipped)": RESULTS / "feedback_v2" / "action_scale" / "shipped_fasvla.json",
-          "chunk baseline (shipped)": RESULTS / "feedback_v2" / "action_scale" / "shipped_chunk.json",
+SCALES = {"first version (first study)": RESULTS / "feedback_v2" / "action_scale" / "shipped_fasvla.json",
+          "chunk baseline (first study)": RESULTS / "feedback_v2" / "action_scale" / "shipped_chunk.json",
           "`fas_recovery_no_delay`": RESULTS / "feedback_v2" / "action_scale" / "fas_recovery_no_delay_unseen.json"}
 # the planned actions' error with each frame's own cameras and with another episode's (action_scale.py --swap_images)
-IMAGE_SWAPS = {"first version (shipped)": "shipped_fasvla", "chunk baseline (shipped)": "shipped_chunk",
+IMAGE_SWAPS = {"first version (first study)": "shipped_fasvla", "chunk baseline (first study)": "shipped_chunk",
                "`fas_recovery_no_delay`": "fas_recovery_no_delay",
                "`fas_recovery_no_delay_kappa0`": "fas_recovery_no_delay_kappa0"}
 GRASPS = [RESULTS / "feedback_v2" / "grasp_offset" / f"{name}_open_loop.json"
