@@ -43,8 +43,8 @@ def test_its_remote_code_is_real_files_equal_to_the_repository_code(objective):
 def test_the_current_code_reproduces_what_the_shipped_checkpoint_did(folder):
     """Outputs for fixed inputs recorded with the code the checkpoint was shipped with (fasvla/checkpoint_outputs.py):
     a change of the code, or a new config field whose default differs from what a config.json without it meant,
-    shows here. Loaded from the checkpoint's own config.json, with the repository's code. The first study's models
-    keep the first version of the objective (feedback_kappa 0, episode origin, no tracking) under test."""
+    shows here. Loaded from the checkpoint's own config.json, with the repository's code. The first study's models,
+    whose config.json predates every revision-2 field, keep what those fields' defaults mean under test."""
     model, processor = load_model_and_processor(str(folder), "cpu")
     outputs = model_outputs(model.eval(), processor)
     recorded = load_file(FIXTURES / "checkpoint_outputs" / folder.relative_to(ROOT).with_suffix(".safetensors"))
