@@ -46,8 +46,10 @@ GRASPS = [RESULTS / "feedback_v2" / "grasp_offset" / f"{name}_open_loop.json"
 UNSEEN_DEMOS = {"outputs/demos_random_eval/dataset", "outputs/feedback_v2/demos_unseen/dataset"}
 # the confirmation of the tracking test (PLAN item 18a): new episodes, init states 10-29 (never 45-49)
 CONFIRMATION = FEEDBACK_V2 / "confirmation_test"
+# the chunk baseline on the tracked model's episodes of both (PLAN item 19(i)): init states 0-29
+CHUNK_TEST = FEEDBACK_V2 / "chunk_test"
 INIT_STATES = ({folder: range(40, 45) for folder in FIRST_STUDY} | {folder: range(10) for folder in FEEDBACK_EXPERIMENT}
-               | {CONFIRMATION: range(10, 30)})
+               | {CONFIRMATION: range(10, 30), CHUNK_TEST: range(30)})
 # reruns of one policy on the same episodes (scripts/episode_agreement.py): the shipped agreement -> (run, reference)
 RERUN = FEEDBACK_V2 / "reproduction_check" / "nominal" / "fas_recovery_no_delay_kappa0_open_loop"
 AGREEMENTS = {
