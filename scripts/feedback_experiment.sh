@@ -328,6 +328,7 @@ case "${1:-}" in
       --perturbations nominal "${pairs[@]}" --report_only
     ;;
   image_test)  # PLAN item 13: the planned actions' error with each frame's own cameras and another episode's
+    "$PYTHON" scripts/sync_checkpoint_code.py results/libero_object/models/*/ > /dev/null  # their ignored code
     # shellcheck disable=SC2046  # one word a model
     for pair in shipped_fasvla=results/libero_object/models/fasvla-small-libero-object \
                 shipped_chunk=results/libero_object/models/chunk-small-libero-object \
