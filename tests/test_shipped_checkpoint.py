@@ -3,6 +3,7 @@ did when shipped (as it does for the first study's models, kept in results/liber
 shows `make demo`'s recovery from a push in LIBERO."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ import eval_libero
 from conftest import FIXTURES
 from fasvla.checkpoint_outputs import model_outputs
 from fasvla.training import load_model_and_processor
-from scripts.sync_checkpoint_code import REMOTE_CODE
+from scripts.sync_checkpoint_code import REMOTE_CODE, sync
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINTS = {"stream_joint": demo.LIBERO_MODEL, "chunk": ROOT / "checkpoints" / "chunk-small-libero-object"}
@@ -40,12 +41,14 @@ def test_its_remote_code_is_real_files_equal_to_the_repository_code(objective):
 
 
 @pytest.mark.parametrize("folder", FINGERPRINTED, ids=lambda folder: str(folder.relative_to(ROOT)))
-def test_the_current_code_reproduces_what_the_shipped_checkpoint_did(folder):
+def test_the_current_code_reproduces_what_the_shipped_checkpoint_did(folder, tmp_path):
     """Outputs for fixed inputs recorded with the code the checkpoint was shipped with (fasvla/checkpoint_outputs.py):
     a change of the code, or a new config field whose default differs from what a config.json without it meant,
     shows here. Loaded from the checkpoint's own config.json, with the repository's code. The first study's models,
     whose config.json predates every revision-2 field, keep what those fields' defaults mean under test."""
-    model, processor = load_model_and_processor(str(folder), "cpu")
+    copy = shutil.copytree(folder, tmp_path / folder.name)
+    sync(copy)  # the first study's models are kept without their remote code, which the processor needs
+    model, processor = load_model_and_processor(str(copy), "cpu")
     outputs = model_outputs(model.eval(), processor)
     recorded = load_file(FIXTURES / "checkpoint_outputs" / folder.relative_to(ROOT).with_suffix(".safetensors"))
     assert set(outputs) == set(recorded)
