@@ -1,6 +1,7 @@
 """Pieces of `train_accelerate.py` that are worth testing on their own: SmolVLA's optimizer and learning-rate
 schedule, the freezing modes, model initialisation and checkpoint discovery."""
 
+import json
 import math
 import re
 from pathlib import Path
@@ -88,13 +89,17 @@ def new_config(preset: str, vlm: str | None = None, **fields) -> FasVLAConfig:
 
 
 def load_processor(folder_or_hub_id: str) -> FasVLAProcessor:
-    """A saved processor, rebuilt with this repository's classes (the folder's copy of the code may be older)."""
-    from transformers import AutoProcessor
+    """A saved processor, rebuilt with this repository's classes from its processor_config.json and tokenizer, so
+    the folder's copy of the remote code is never run: it may be older, or absent (the models kept in
+    results/*/models)."""
+    from transformers import PreTrainedTokenizerFast
+    from transformers.utils import cached_file
 
-    saved = AutoProcessor.from_pretrained(folder_or_hub_id, trust_remote_code=True)
-    return FasVLAProcessor(FasVLAImageProcessor(image_size=saved.image_processor.image_size), saved.tokenizer,
-                           camera_names=saved.camera_names, state_dim=saved.state_dim, max_length=saved.max_length,
-                           padding=saved.padding, truncation=saved.truncation)
+    saved = json.loads(Path(cached_file(folder_or_hub_id, "processor_config.json")).read_text())
+    options = {name: saved[name] for name in ("camera_names", "state_dim", "max_length", "padding", "truncation")
+               if name in saved}
+    return FasVLAProcessor(FasVLAImageProcessor(image_size=saved["image_processor"]["image_size"]),
+                           PreTrainedTokenizerFast.from_pretrained(folder_or_hub_id), **options)
 
 
 def load_model_and_processor(folder_or_hub_id: str, device: str = "cpu", weights: str | None = None):

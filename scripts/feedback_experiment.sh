@@ -104,10 +104,7 @@ trained() {  # trained NAME...: NAME=FOLDER for each model whose training finish
   # (a finished model is committed under results/feedback_v2/models, PLAN item 11)
   for name in "$@"; do
     if [ -f "$OUT/runs/$name/model/config.json" ]; then echo "$name=$OUT/runs/$name/model"
-    elif [ -f "results/feedback_v2/models/$name/config.json" ]; then
-      # committed without its remote code (ignored copies): AutoProcessor needs it
-      "$PYTHON" scripts/sync_checkpoint_code.py "results/feedback_v2/models/$name" > /dev/null
-      echo "$name=results/feedback_v2/models/$name"
+    elif [ -f "results/feedback_v2/models/$name/config.json" ]; then echo "$name=results/feedback_v2/models/$name"
     fi
   done
 }
@@ -212,7 +209,6 @@ case "${1:-}" in
       --model "$kappa0" --matrix_from "$G_from"
     [ -f "$position/config.json" ] || "$PYTHON" scripts/add_tracking.py --tracking_kappa 4 --state_dims 0 1 2 \
       --output "$position" --model "$kappa0" --matrix_from "$G_from"
-    "$PYTHON" scripts/sync_checkpoint_code.py "$full" "$position" > /dev/null  # their remote code, for AutoProcessor
     models=(--stream_model "fas_recovery_no_delay_kappa0_track4=$full"
             "fas_recovery_no_delay_kappa0_track4_position=$position")
     perturbed=(--action_noise 0.1 --action_delay 2 --push 40 0 60 0 4)
@@ -296,7 +292,6 @@ case "${1:-}" in
       tracked="$OUT/models/fas_recovery_no_delay_kappa0_obs_delay_track4_position"
       [ -f "$tracked/config.json" ] || "$PYTHON" scripts/add_tracking.py --tracking_kappa 4 --state_dims 0 1 2 \
         --output "$tracked" --model "$delay_trained" --matrix_from "$G_from"
-      "$PYTHON" scripts/sync_checkpoint_code.py "$tracked" > /dev/null
       streaming+=("fas_recovery_no_delay_kappa0_obs_delay_track4_position=$tracked")
       names+=(fas_recovery_no_delay_kappa0_obs_delay_track4_position)
     fi
@@ -328,7 +323,6 @@ case "${1:-}" in
       --perturbations nominal "${pairs[@]}" --report_only
     ;;
   image_test)  # PLAN item 13: the planned actions' error with each frame's own cameras and another episode's
-    "$PYTHON" scripts/sync_checkpoint_code.py results/libero_object/models/*/ > /dev/null  # their ignored code
     # shellcheck disable=SC2046  # one word a model
     for pair in shipped_fasvla=results/libero_object/models/fasvla-small-libero-object \
                 shipped_chunk=results/libero_object/models/chunk-small-libero-object \

@@ -14,9 +14,10 @@ from transformers import AutoModel, AutoProcessor
 import demo
 import eval_libero
 from conftest import FIXTURES
-from fasvla.checkpoint_outputs import model_outputs
-from fasvla.training import load_model_and_processor
-from scripts.sync_checkpoint_code import REMOTE_CODE, sync
+from configuration_fasvla import FasVLAConfig
+from fasvla.checkpoint_outputs import fixed_observation, model_outputs
+from fasvla.training import load_model_and_processor, load_processor
+from scripts.sync_checkpoint_code import REMOTE_CODE
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINTS = {"stream_joint": demo.LIBERO_MODEL, "chunk": ROOT / "checkpoints" / "chunk-small-libero-object"}
@@ -41,14 +42,12 @@ def test_its_remote_code_is_real_files_equal_to_the_repository_code(objective):
 
 
 @pytest.mark.parametrize("folder", FINGERPRINTED, ids=lambda folder: str(folder.relative_to(ROOT)))
-def test_the_current_code_reproduces_what_the_shipped_checkpoint_did(folder, tmp_path):
+def test_the_current_code_reproduces_what_the_shipped_checkpoint_did(folder):
     """Outputs for fixed inputs recorded with the code the checkpoint was shipped with (fasvla/checkpoint_outputs.py):
     a change of the code, or a new config field whose default differs from what a config.json without it meant,
     shows here. Loaded from the checkpoint's own config.json, with the repository's code. The first study's models,
     whose config.json predates every revision-2 field, keep what those fields' defaults mean under test."""
-    copy = shutil.copytree(folder, tmp_path / folder.name)
-    sync(copy)  # the first study's models are kept without their remote code, which the processor needs
-    model, processor = load_model_and_processor(str(copy), "cpu")
+    model, processor = load_model_and_processor(str(folder), "cpu")
     outputs = model_outputs(model.eval(), processor)
     recorded = load_file(FIXTURES / "checkpoint_outputs" / folder.relative_to(ROOT).with_suffix(".safetensors"))
     assert set(outputs) == set(recorded)
@@ -72,6 +71,19 @@ def test_it_loads_with_the_auto_classes_and_carries_the_demonstrations_statistic
     # the tokenizer was trained on the five tasks: a task is at most one token per word
     for task in TASKS:
         assert len(processor.tokenizer(task)["input_ids"]) <= len(task.split()), task
+
+
+@pytest.mark.parametrize("objective", list(CHECKPOINTS))
+def test_a_saved_processor_loads_without_its_remote_code_and_processes_as_auto_processor_does(objective, tmp_path):
+    """The models kept in results/*/models have no code copies: load_processor never runs a folder's code."""
+    folder = CHECKPOINTS[objective]
+    bare = shutil.copytree(folder, tmp_path / "bare", ignore=shutil.ignore_patterns("*_fasvla.py"))
+    observation = fixed_observation(FasVLAConfig.from_pretrained(bare))
+    ours = load_processor(str(bare))(**observation)
+    auto = AutoProcessor.from_pretrained(folder, trust_remote_code=True)(**observation)
+    assert set(ours) == set(auto)
+    for name in auto:
+        assert torch.equal(ours[name], auto[name]), name
 
 
 @pytest.mark.slow
